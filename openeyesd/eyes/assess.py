@@ -1,0 +1,298 @@
+"""Is each eye open, closed, or not judgeable? One verdict per eye (a wink is one closed eye).
+
+Evidence, chosen by measurement on the evaluation set (docs/assess.md has the figures):
+
+* **lid opening** from the iris model's 16-point eyelid contour: the mean gap between facing
+  upper and lower lid points over the middle of the eye, divided by the eye's width. It alone
+  separates open from closed eyes with AUC 0.98 on eyes >= 12 px wide, where dlib's eye aspect
+  ratio does not; the face mesh's own (unrefined) eyelids do not separate at all (AUC 0.47).
+* **the person's own other frames** (``assess_relative``): a blink is a drop against the same
+  eye's widest frame of the burst. On the evaluation bursts closed frames are at <= 0.60 of that
+  baseline on their more closed eye (one exception at 0.76) and open frames at >= 0.82; a
+  narrow-eyed person is judged against their own narrow open eyes, not against everyone's.
+* **guards** that make a verdict "unknown", which is never fixed: eye narrower than
+  ``min_eye_px`` (open and closed openings overlap below ~10 px), head turned past ``max_yaw``,
+  the eye crop off the image, no iris from the backend, or an eye band with almost no contrast
+  (sunglasses, deep shadow, heavy blur).
+
+Appearance features on the full-resolution eye crop (darkness of the iris disk between the lids,
+height of the dark run at the iris column, sclera fraction, colour distance to the cheek,
+contrast) were measured too and did not separate the hard cases (AUC 0.38-0.70 inside the
+ambiguous opening band): they are not used; bench/calibrate_assess.py shows how to re-measure.
+
+``measure_eye`` returns the numbers (JSON-able, for the sidecar), ``classify`` turns them into an
+``EyeVerdict``; the thresholds are the frozen ``Thresholds``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from openeyesd.eyes.types import SIDES, Eye, EyeState, Face, Side
+
+#: Canonical crop: this many pixels per eye width (corner to corner).
+_CROP_EYE_PX = 48
+#: Crop extent in eye widths around the corner midpoint: x in [-0.8, 0.8], y in [-0.7, 1.0]
+#: (the cheek band used as the skin reference lies 0.6-0.9 eye widths below the eye).
+_CROP_HALF_W = 0.8
+_CROP_UP, _CROP_DOWN = 0.7, 1.0
+#: Pairs of contour points facing each other across the middle of the eye (upper k, lower 16-k).
+_MIDDLE_PAIRS = ((3, 13), (4, 12), (5, 11))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Values chosen on the evaluation set (bench/calibrate_assess.py, docs/assess.md)."""
+
+    #: Eyes narrower than this (corner to corner, px) are "unknown": below ~10 px open eyes
+    #: measure openings down to 0.09, the same as closed ones.
+    min_eye_px: float = 10.0
+    #: |yaw| above this is a profile view: the far eye is foreshortened or hidden.
+    max_yaw: float = 40.0
+    #: More of the eye crop than this off the image edge: "unknown".
+    max_outside: float = 0.2
+    #: Without a burst baseline, an opening below this is closed. Deliberately strict: open
+    #: eyes >= 10 px measured >= 0.103 (a narrow-eyed smile), the next ones >= 0.133, while
+    #: closed eyes under lashes or make-up reach 0.27, so no single-photo threshold finds them
+    #: all without altering open faces. Fixing needs a donor frame anyway, and that frame
+    #: gives the baseline below.
+    closed_opening: float = 0.09
+    #: With a baseline the limit is never below this (a shut lid measures ~0-0.09) ...
+    floor_opening: float = 0.06
+    #: ... closed when opening / baseline is below this: closed frames measured <= 0.60 of
+    #: the eye's widest frame on their more closed eye (one blink at 0.76), open frames >= 0.82
+    #: (but for one "narrow/half-open" face labelled open, at 0.60) ...
+    relative_closed: float = 0.65
+    #: ... provided the baseline itself is an open eye (else the absolute rule applies) ...
+    min_baseline: float = 0.2
+    #: ... and the limit never above this, whatever the baseline (widest open eyes ~0.41).
+    max_relative_limit: float = 0.26
+    #: Eye band flatter than this (L* p90 - p10 relative to the cheek's L*) is "unknown":
+    #: sunglasses measured 0.00-0.05, closed eyes >= 0.13 (lashes and lid crease show).
+    flat_contrast: float = 0.08
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+@dataclass(frozen=True)
+class EyeMeasurement:
+    """Everything ``classify`` needs, as plain numbers (lengths relative to the eye width)."""
+
+    side: Side
+    width_px: float
+    yaw: float
+    #: Mean lid gap over the middle of the eye / eye width.
+    opening: float
+    #: Fraction of the iris disk inside the eyelid polygon; None when the backend has no iris.
+    iris_visible: float | None
+    #: (L* p90 - p10) of the eye band / median L* of the cheek below it. An open or closed eye
+    #: has lashes, iris, lid crease; sunglasses, deep shadow or heavy blur are flat.
+    contrast: float
+    #: Fraction of the eye crop that fell outside the image.
+    outside: float
+
+    def to_dict(self) -> dict[str, float | str | None]:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class EyeVerdict:
+    state: EyeState
+    #: Signed margin from the deciding threshold, in opening units: < 0 closed, > 0 open; 0 for
+    #: "unknown". Larger magnitude = more confident.
+    score: float
+    #: Why, in words, for the sidecar and ``openeyesctl``.
+    reason: str
+
+
+@dataclass(frozen=True)
+class FaceAssessment:
+    measurements: dict[Side, EyeMeasurement]
+    verdicts: dict[Side, EyeVerdict]
+
+    @property
+    def closed_sides(self) -> list[Side]:
+        return [side for side in SIDES if self.verdicts[side].state is EyeState.CLOSED]
+
+    @property
+    def needs_fix(self) -> bool:
+        return bool(self.closed_sides)
+
+
+def _eye_frame(eye: Eye) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Origin (corner midpoint), x axis (image left to right along the eye), y axis (down)."""
+    outer, inner = eye.outer_corner.astype(np.float64), eye.inner_corner.astype(np.float64)
+    ex = inner - outer if eye.side == "right" else outer - inner
+    width = max(float(np.linalg.norm(ex)), 1e-6)
+    ex = ex / width
+    ey = np.array([-ex[1], ex[0]])
+    return (outer + inner) / 2, ex, ey, width
+
+
+def _to_local(points: np.ndarray, origin: np.ndarray, ex: np.ndarray, ey: np.ndarray,
+              width: float) -> np.ndarray:
+    rel = np.asarray(points, np.float64) - origin
+    return np.stack([rel @ ex, rel @ ey], axis=1) / width
+
+
+def lid_opening(eye: Eye) -> float:
+    """Mean upper-to-lower lid distance over the middle of the eye, / eye width."""
+    origin, ex, ey, width = _eye_frame(eye)
+    local = _to_local(eye.contour, origin, ex, ey, width)
+    gaps = [local[lo, 1] - local[up, 1] for up, lo in _MIDDLE_PAIRS]
+    return float(max(np.mean(gaps), 0.0))
+
+
+def iris_visible(eye: Eye) -> float:
+    """Fraction of the iris disk inside the eyelid polygon, on a 41x41 grid over the disk."""
+    if eye.iris is None:
+        return 0.0
+    centre = eye.iris[0].astype(np.float64)
+    radius = float(np.mean(np.linalg.norm(eye.iris[1:] - eye.iris[0], axis=1)))
+    if radius < 1e-3:
+        return 0.0
+    axis = np.linspace(-1, 1, 41)
+    gx, gy = np.meshgrid(axis, axis)
+    disk = np.stack([gx.ravel(), gy.ravel()], 1)
+    disk = disk[(disk**2).sum(1) <= 1] * radius + centre
+    poly = eye.contour.astype(np.float32).reshape(-1, 1, 2)
+    inside = [cv2.pointPolygonTest(poly, (float(x), float(y)), False) >= 0 for x, y in disk]
+    return float(np.mean(inside))
+
+
+def eye_crop(image_rgb: np.ndarray, eye: Eye) -> tuple[np.ndarray, float]:
+    """The eye, level and scaled to ``_CROP_EYE_PX`` per eye width, as float Lab (L* 0-100);
+    and the fraction of it outside the image. Big eyes are area-shrunk first so nothing aliases."""
+    origin, ex, ey, width = _eye_frame(eye)
+    src, scale, offset = image_rgb, 1.0, np.zeros(2)
+    factor = _CROP_EYE_PX / width
+    if factor < 0.5:
+        half = width * (_CROP_HALF_W + _CROP_DOWN) + 2
+        x0, y0 = (max(int(v - half), 0) for v in origin)
+        sub = image_rgb[y0:int(origin[1] + half) + 1, x0:int(origin[0] + half) + 1]
+        size = (max(1, round(sub.shape[1] * factor * 2)), max(1, round(sub.shape[0] * factor * 2)))
+        src = cv2.resize(sub, size, interpolation=cv2.INTER_AREA)
+        scale, offset = size[0] / sub.shape[1], np.array([x0, y0], np.float64)
+    out_w = round(2 * _CROP_HALF_W * _CROP_EYE_PX)
+    out_h = round((_CROP_UP + _CROP_DOWN) * _CROP_EYE_PX)
+    # Crop pixel (u, v) shows image point origin + ((u - cu) ex + (v - cv) ey) / factor.
+    lin = np.stack([ex, ey], axis=1) / factor * scale
+    shift = (origin - offset) * scale - lin @ np.array(_crop_centre(out_w))
+    m = np.hstack([lin, shift[:, None]])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    crop = cv2.warpAffine(src, m, (out_w, out_h), flags=flags, borderMode=cv2.BORDER_CONSTANT)
+    valid = cv2.warpAffine(np.full(src.shape[:2], 255, np.uint8), m, (out_w, out_h), flags=flags)
+    lab = cv2.cvtColor(crop.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    return lab, float(np.mean(valid < 128))
+
+
+def _crop_centre(out_w: int) -> tuple[float, float]:
+    """Crop pixel coordinates of the eye's corner midpoint."""
+    return (out_w - 1) / 2, _CROP_UP * _CROP_EYE_PX - 0.5
+
+
+def _band(lab: np.ndarray, x: tuple[float, float], y: tuple[float, float]) -> np.ndarray:
+    """L* of the crop pixels whose local coordinates (eye widths) fall in the box x * y."""
+    h, w = lab.shape[:2]
+    cu, cv = _crop_centre(w)
+    u0, u1 = (int(np.clip(round(cu + v * _CROP_EYE_PX), 0, w - 1)) for v in x)
+    v0, v1 = (int(np.clip(round(cv + v * _CROP_EYE_PX), 0, h - 1)) for v in y)
+    return lab[v0:max(v1, v0 + 1), u0:max(u1, u0 + 1), 0].ravel()
+
+
+def eye_contrast(lab: np.ndarray) -> float:
+    """Spread of L* over the eye band, relative to the cheek's brightness (see EyeMeasurement).
+
+    Relative to the cheek, not absolute, so a dark skin or a dim photo is not "flat"; the cheek
+    band is 0.6-0.9 eye widths below the eye, clear of the lower lid and of most glasses."""
+    eye_band = _band(lab, (-0.45, 0.45), (-0.2, 0.2))
+    cheek = max(float(np.median(_band(lab, (-0.35, 0.35), (0.6, 0.9)))), 1.0)
+    return float(np.percentile(eye_band, 90) - np.percentile(eye_band, 10)) / cheek
+
+
+def measure_eye(image_rgb: np.ndarray, face: Face, side: Side) -> EyeMeasurement:
+    """The numbers behind one eye's verdict (see EyeMeasurement)."""
+    eye = face.eyes[side]
+    lab, outside = eye_crop(image_rgb, eye)
+    return EyeMeasurement(
+        side=side, width_px=eye.width, yaw=face.pose.yaw, opening=lid_opening(eye),
+        iris_visible=None if eye.iris is None else iris_visible(eye),
+        contrast=eye_contrast(lab), outside=outside,
+    )
+
+
+def _unknown_reason(m: EyeMeasurement, t: Thresholds) -> str | None:
+    if m.width_px < t.min_eye_px:
+        return f"eye too small ({m.width_px:.0f} px < {t.min_eye_px:.0f})"
+    if abs(m.yaw) > t.max_yaw:
+        return f"head turned ({m.yaw:.0f} degrees)"
+    if m.outside > t.max_outside:
+        return "eye at the image edge"
+    if m.iris_visible is None:
+        return "no iris from the landmark backend"
+    if m.contrast < t.flat_contrast:
+        return f"eye region flat (sunglasses, shadow or blur): contrast {m.contrast:.2f}"
+    return None
+
+
+def closed_limit(baseline: float | None, t: Thresholds = DEFAULT_THRESHOLDS) -> tuple[float, str]:
+    """The opening below which an eye is closed, and what set it."""
+    if baseline is None or baseline < t.min_baseline:
+        return t.closed_opening, "absolute"
+    limit = min(max(t.relative_closed * baseline, t.floor_opening), t.max_relative_limit)
+    return limit, f"{t.relative_closed:.2f} x burst baseline {baseline:.3f}"
+
+
+def classify(
+    m: EyeMeasurement, *, baseline: float | None = None, thresholds: Thresholds | None = None
+) -> EyeVerdict:
+    """Open / closed / unknown for one eye. ``baseline``: this eye's widest opening in the
+    person's other frames of the burst (see ``assess_relative``), or None."""
+    t = thresholds or DEFAULT_THRESHOLDS
+    why = _unknown_reason(m, t)
+    if why is not None:
+        return EyeVerdict(EyeState.UNKNOWN, 0.0, why)
+    limit, source = closed_limit(baseline, t)
+    score = m.opening - limit
+    state = EyeState.CLOSED if score < 0 else EyeState.OPEN
+    word = "<" if score < 0 else ">="
+    return EyeVerdict(state, score, f"opening {m.opening:.3f} {word} {limit:.3f} ({source})")
+
+
+def assess_face(
+    image_rgb: np.ndarray, face: Face, *, baselines: dict[Side, float | None] | None = None,
+    thresholds: Thresholds | None = None,
+) -> FaceAssessment:
+    """Both eyes of ``face``, each judged on its own (a wink closes one)."""
+    measures = {side: measure_eye(image_rgb, face, side) for side in SIDES}
+    base = baselines or {}
+    verdicts = {side: classify(measures[side], baseline=base.get(side), thresholds=thresholds)
+                for side in SIDES}
+    return FaceAssessment(measures, verdicts)
+
+
+def burst_baselines(
+    frames: Sequence[dict[Side, EyeMeasurement]], thresholds: Thresholds | None = None
+) -> dict[Side, float | None]:
+    """Each eye's widest opening over one person's frames, counting only judgeable eyes."""
+    t = thresholds or DEFAULT_THRESHOLDS
+    out: dict[Side, float | None] = {}
+    for side in SIDES:
+        usable = [f[side].opening for f in frames if _unknown_reason(f[side], t) is None]
+        out[side] = max(usable) if usable else None
+    return out
+
+
+def assess_relative(
+    frames: Sequence[dict[Side, EyeMeasurement]], thresholds: Thresholds | None = None
+) -> list[dict[Side, EyeVerdict]]:
+    """Verdicts for one person's measurements across the frames of a burst, each eye judged
+    against that eye's widest frame. The caller matches faces to persons (identity backend)."""
+    base = burst_baselines(frames, thresholds)
+    return [{side: classify(f[side], baseline=base[side], thresholds=thresholds) for side in SIDES}
+            for f in frames]

@@ -1,0 +1,318 @@
+"""fix: transplant the donor's open eyes onto each planned face, blend them in, and check.
+
+On the CPU profile warping, colour matching and the seamless blend are one step
+(``openeyesd.eyes.transfer``): Poisson blending needs the warped donor and its mask together,
+so there is no separate "blend" artifact to resume from. The check comes before anything is
+kept: the landmarks and the closed-eye test run again on the patched face, the fixed eyes must
+read open, and the seam score must pass. A face that fails keeps its original pixels and is
+marked ``needs_review`` with the reason: a bad fix is never shipped silently.
+
+The artifact lists ``patches``: PNG crops (upright coordinates) of the final pixels around
+each fixed face, which ``write`` pastes onto the photo; and before/after previews. All of it
+is done on face-sized crops over the shared, read-only decoded frame: the frame is never
+copied (24 MP is 72 MB a copy).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from openeyesd.config import Config, LimitsConfig
+from openeyesd.errors import TransientError
+from openeyesd.eyes.analysis import AnalysisCache, EyeToolkit, judge
+from openeyesd.eyes.assess import assess_face
+from openeyesd.eyes.landmarks import LandmarkBackend, RefiningBackend
+from openeyesd.eyes.quality import SEAM_THRESHOLD
+from openeyesd.eyes.transfer import (
+    PREVIEW_MARGIN,
+    EyeTransferResult,
+    preview,
+    transfer_face,
+    transform,
+)
+from openeyesd.eyes.types import EyeState, Face
+from openeyesd.files import sha256_file
+from openeyesd.imageio import Box, Patch, load_rgb, load_rgb_regions
+from openeyesd.stages.assess import load_analysis
+from openeyesd.stages.base import Artifact, StageContext
+from openeyesd.stages.patches import (
+    compose,
+    compose_frame,
+    current_pixels,
+    overlaps,
+    save_png,
+    union,
+    write_patch,
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    reason: str
+    details: dict[str, Any]
+
+
+class FixStage:
+    name = "fix"
+    version = "2"  # 2: the check re-fits the known face (refine), no detector
+
+    def __init__(self, toolkit: EyeToolkit) -> None:
+        self.toolkit = toolkit
+
+    def settings(self, config: Config) -> dict[str, Any]:
+        return {"blend": str(config.eyes.blend)}
+
+    def run(self, ctx: StageContext) -> Artifact:
+        plan = ctx.artifact("plan")
+        faces = json.loads(json.dumps(plan["faces"]))  # our own copy to annotate
+        if not plan["plans"]:
+            return {"patches": [], "faces": faces}
+        # Read-only and, as fix is the first stage to change pixels, the decoded frame itself:
+        # every change below lives in face-sized crops (Patch), never in a copy of the frame.
+        before = current_pixels(ctx)
+        frame = load_analysis(ctx)
+        kept: list[Patch] = []
+        fixed: list[tuple[int, Face, Box]] = []
+        try:
+            for item in plan["plans"]:
+                ctx.progress()
+                target = frame.faces[item["face_index"]].face
+                summary = faces[item["face_index"]]
+                changes, seams = self._transfer(ctx, before, kept, target, item)
+                crop, origin = face_region(before, kept + changes, target)
+                check = verify_fixed_face(self.toolkit, crop, target, item["sides"], seams,
+                                          baselines=item.get("baselines"), origin=origin)
+                summary["check"] = {"ok": check.ok, "reason": check.reason, **check.details}
+                if check.ok:
+                    kept += changes
+                    summary["outcome"] = "fixed"
+                    fixed.append((item["face_index"], target, union(c.box for c in changes)))
+                else:
+                    summary["outcome"] = "needs_review"
+        finally:
+            # The donors are only needed here; the write stage should not carry them.
+            for key in [k for k in ctx.memo if k.startswith("donor:")]:
+                del ctx.memo[key]
+        return patch_artifact(ctx, self.name, before, kept, fixed, faces)
+
+    def _transfer(
+        self, ctx: StageContext, before: np.ndarray, kept: list[Patch], target: Face,
+        item: dict[str, Any],
+    ) -> tuple[list[Patch], dict[str, float]]:
+        """The face's eye transfers as patches (in ``apply`` order) and their seam scores."""
+        donor_rgb, donor_face = self._donor(ctx, item)
+        method = str(ctx.config.eyes.blend)
+        results = transfer_face(before, target, donor_rgb, donor_face, sides=item["sides"],
+                                method=method)
+        if not _sampled_inside(results, ctx.memo[f"donor:{item['donor_sha256']}"][1]):
+            # Unusual geometry (a donor face far smaller than the target's): the warp reached
+            # past the decoded regions, so decode the donor whole and transfer again.
+            donor_rgb = load_rgb(Path(item["donor_image"]), ctx.config.limits).pixels
+            height, width = donor_rgb.shape[:2]
+            ctx.memo[f"donor:{item['donor_sha256']}"] = (donor_rgb, [(0, 0, width, height)])
+            results = transfer_face(before, target, donor_rgb, donor_face,
+                                    sides=item["sides"], method=method)
+        if any(overlaps(r.box, p.box) for r in results for p in kept):
+            # An earlier fix lies where this transfer reads (faces touching): rare, so only
+            # then is the composed frame built. The boxes depend on landmarks, not pixels.
+            results = transfer_face(compose_frame(before, kept), target, donor_rgb, donor_face,
+                                    sides=item["sides"], method=method)
+        changes: list[Patch] = []
+        for result in results:
+            # What ``transfer.apply`` does to the frame, done to the result's box only.
+            pixels = compose(before, result.box, kept + changes)
+            paste = result.mask > 0
+            pixels[paste] = result.pixels[paste]
+            changes.append(Patch(result.box, pixels))
+        return changes, {r.side: float(r.seam) for r in results}
+
+    def _donor(self, ctx: StageContext, item: dict[str, Any]) -> tuple[np.ndarray, Face]:
+        """The donor's pixels and face. A donor frame is decoded once per run for all the
+        faces it lends (often several), and only the regions around those faces are kept;
+        the file must still be the content the plan analysed."""
+        sha256, path = item["donor_sha256"], Path(item["donor_image"])
+        analysis = AnalysisCache(ctx.config.analysis_dir).get(sha256)
+        if analysis is None:
+            ctx.invalidate("plan")
+            raise TransientError(f"the analysis of donor {path} is gone; will plan again")
+        key = f"donor:{sha256}"
+        if key not in ctx.memo:
+            if not path.exists() or sha256_file(path) != sha256:
+                ctx.invalidate("plan")
+                raise TransientError(f"the donor photo {path} changed or went away; "
+                                     "will plan again")
+            wanted = {p["donor_face_index"] for p in ctx.artifact("plan")["plans"]
+                      if p["donor_sha256"] == sha256}
+            boxes = [_grown(analysis.faces[i].face) for i in sorted(wanted)]
+            ctx.memo[key] = sparse_frame(path, ctx.config.limits, boxes)
+        return ctx.memo[key][0], analysis.faces[item["donor_face_index"]].face
+
+
+def sparse_frame(
+    path: Path, limits: LimitsConfig, boxes: list[Box]
+) -> tuple[np.ndarray, list[Box]]:
+    """The upright frame with only ``boxes`` filled in (and the boxes, clamped), in
+    full-frame coordinates, so faces and transforms stay as analysed, bit for bit. The rest
+    is zero pages from ``np.zeros`` (calloc): never written, so never resident. The transfer
+    samples a donor around its eyes, well inside its face box grown by its own size;
+    ``_sampled_inside`` makes sure of it."""
+    info, regions = load_rgb_regions(path, limits, boxes)
+    frame = np.zeros((info.upright_height, info.upright_width, 3), np.uint8)
+    for (x0, y0, x1, y1), pixels in regions:
+        frame[y0:y1, x0:x1] = pixels
+    frame.flags.writeable = False
+    return frame, [box for box, _ in regions]
+
+
+def _sampled_inside(results: list[EyeTransferResult], filled: list[Box]) -> bool:
+    """Whether every donor pixel the transfers may have read lies in a filled box. The warp
+    reads inside the hull of the donor's eye and brow points (inside its face box) and of the
+    crop's corners mapped back by the donor -> target similarity; 2 px for interpolation."""
+    for result in results:
+        x0, y0, x1, y1 = result.box
+        corners = np.array([(x0, y0), (x1 - 1, y0), (x0, y1 - 1), (x1 - 1, y1 - 1)], np.float64)
+        back = transform(cv2.invertAffineTransform(result.affine), corners)
+        (left, top), (right, bottom) = back.min(axis=0) - 2, back.max(axis=0) + 2
+        if not any(b[0] <= left and b[1] <= top and right < b[2] and bottom < b[3]
+                   for b in filled):
+            return False
+    return True
+
+
+def _grown(face: Face) -> Box:
+    """The face box grown by its own width and height on every side (unclamped)."""
+    x0, y0, x1, y1 = face.box
+    w, h = x1 - x0, y1 - y0
+    return int(x0 - w), int(y0 - h), int(np.ceil(x1 + w)), int(np.ceil(y1 + h))
+
+
+def patch_artifact(
+    ctx: StageContext, stage: str, before: np.ndarray, kept: Sequence[Patch],
+    changed: list[tuple[int, Face, Box]], faces: list[dict[str, Any]],
+) -> Artifact:
+    """Patches and before/after previews for each changed face: ``before`` is the photo the
+    stage started from, ``kept`` every change it made, in order; ``changed`` lists (face
+    index, face, box that holds its change)."""
+    patches, files = [], []
+    for index, face, region in changed:
+        patch = write_patch(ctx, stage, index, before, kept, region)
+        box = preview_box(face, before.shape)
+        x0, y0, x1, y1 = box
+        shifted = replace(face, box=(face.box[0] - x0, face.box[1] - y0,
+                                     face.box[2] - x0, face.box[3] - y0))
+        shown = ctx.stage_dir(stage) / f"face{index}-before-after.png"
+        save_png(shown, preview(before[y0:y1, x0:x1], compose(before, box, kept), shifted))
+        patches.append(patch)
+        faces[index]["preview"] = str(shown)
+        files += [patch["file"], ctx.relative(shown)]
+    return {"patches": patches, "faces": faces, "files": files}
+
+
+def verify_fixed_face(
+    toolkit: EyeToolkit, after: np.ndarray, target: Face, sides: list[str],
+    seams: dict[str, float], *, baselines: dict[str, float | None] | None = None,
+    origin: tuple[int, int] = (0, 0),
+) -> Check:
+    """Landmarks and the closed-eye test on the changed face, and the seam scores: the eyes
+    we changed must read open (against the person's burst baselines, the rule that found
+    them closed) and no seam may be visible. ``after`` is the changed photo, or a crop of it
+    holding ``face_box(target, ...)`` whose top-left pixel lies at ``origin`` in the photo
+    (see ``face_region``): only the face box is looked at either way."""
+    details: dict[str, Any] = {"seam": {side: round(value, 3) for side, value in seams.items()}}
+    if any(value > SEAM_THRESHOLD for value in seams.values()):
+        return Check(False, "the seam around the new eye would be visible", details)
+    crop, offset = _face_crop(after, target, origin)
+    found = _same_face(_fit_again(toolkit.landmarks, crop, target, offset), target, offset)
+    if found is None:
+        return Check(False, "the face is no longer found after the fix", details)
+    measured = assess_face(crop, found).measurements
+    verdicts = judge(measured, toolkit.blink_scores(found), baselines)  # type: ignore[arg-type]
+    details["eyes_after"] = {side: str(verdicts[side].state) for side in verdicts}
+    still_closed = [s for s in sides if verdicts[s].state is not EyeState.OPEN]  # type: ignore[index]
+    if still_closed:
+        return Check(False, f"the {' and '.join(still_closed)} eye does not read open "
+                     "after the fix", details)
+    return Check(True, "eyes read open after the fix; seam not visible", details)
+
+
+def face_box(face: Face, shape: tuple[int, ...], origin: tuple[int, int] = (0, 0)) -> Box:
+    """The face with a margin of its own size, so the detector sees it whole; clamped to an
+    image of ``shape`` whose top-left pixel lies at ``origin`` (photo coordinates)."""
+    x0, y0, x1, y1 = face.box
+    w, h = x1 - x0, y1 - y0
+    left, top = origin
+    height, width = shape[:2]
+    return (max(int(x0 - w), left), max(int(y0 - h), top),
+            min(int(x1 + w), left + width), min(int(y1 + h), top + height))
+
+
+def _face_crop(
+    image: np.ndarray, face: Face, origin: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    x0, y0, x1, y1 = face_box(face, image.shape, origin)
+    crop = image[y0 - origin[1]:y1 - origin[1], x0 - origin[0]:x1 - origin[0]]
+    return crop, np.array([x0, y0], np.float32)
+
+
+def face_region(
+    before: np.ndarray, changes: Sequence[Patch], face: Face
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The changed photo over ``face_box``: what ``verify_fixed_face`` checks, as a crop."""
+    box = face_box(face, before.shape)
+    return compose(before, box, changes), (box[0], box[1])
+
+
+def preview_box(face: Face, shape: tuple[int, ...]) -> Box:
+    """The part of the photo ``transfer.preview`` shows (its own arithmetic), so it can be
+    given crops: shifted by a box's integer corner, its crop of the crop is the same."""
+    margin = PREVIEW_MARGIN * face.width
+    height, width = shape[:2]
+    return (max(0, int(face.box[0] - margin)), max(0, int(face.box[1] - margin)),
+            min(width, int(np.ceil(face.box[2] + margin))),
+            min(height, int(np.ceil(face.box[3] + margin))))
+
+
+def _fit_again(
+    backend: LandmarkBackend, crop: np.ndarray, target: Face, offset: np.ndarray
+) -> list[Face]:
+    """The faces to look for ``target`` among, in crop coordinates. Where the backend can
+    refine a known face, only that: the face is where it was (the fix changed its eyes), so
+    searching the crop with the detector (downscaled copy, tiles) would be wasted work."""
+    if not isinstance(backend, RefiningBackend):
+        return backend.detect(crop)
+    found = backend.refine(crop, shifted(target, -offset))
+    return [] if found is None else [found]
+
+
+def shifted(face: Face, by: np.ndarray) -> Face:
+    """``face`` with its box and eyes moved by ``by`` (x, y); what ``refine`` reads of it."""
+    dx, dy = float(by[0]), float(by[1])
+    move = np.array([dx, dy], np.float32)
+    eyes = {side: replace(eye, contour=eye.contour + move, brow=eye.brow + move,
+                          iris=None if eye.iris is None else eye.iris + move)
+            for side, eye in face.eyes.items()}
+    x0, y0, x1, y1 = face.box
+    return replace(face, box=(x0 + dx, y0 + dy, x1 + dx, y1 + dy), eyes=eyes,
+                   landmarks=face.landmarks + move)
+
+
+def _same_face(faces: list[Face], target: Face, offset: np.ndarray) -> Face | None:
+    """The detected face whose eyes are where the target's were (crop coordinates)."""
+    want = np.stack([target.eyes[s].centre for s in ("left", "right")]) - offset
+    best, best_distance = None, target.interocular * 0.5
+    for face in faces:
+        have = np.stack([face.eyes[s].centre for s in ("left", "right")])
+        distance = float(np.linalg.norm(have - want, axis=1).max())
+        if distance < best_distance:
+            best, best_distance = face, distance
+    return best
+
+

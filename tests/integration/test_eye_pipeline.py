@@ -1,0 +1,229 @@
+"""The CPU eye stages end to end: a burst with a blink comes out fixed from its own frames.
+
+Real landmarks, identity, assessment, donor choice, transfer and the write stage, on
+scikit-image's astronaut (public domain) with eyes painted shut in one frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from openeyesd.config import Config
+from openeyesd.eyes.model_info import check_models
+from openeyesd.files import sidecar_path
+from openeyesd.intake import enqueue_file, enqueue_tree
+from openeyesd.ledger import FINAL_STATES, JobState, Ledger, create_ledger_engine, migrate
+from openeyesd.pipeline import stages_for
+from openeyesd.worker import Worker
+from tests.eyes.synthetic import blink_frames, save_frame
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(check_models(verify_sha256=False)),
+                       reason="CPU eye models are not installed (see requirements/models.txt)"),
+]
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict[str, np.ndarray]:
+    return blink_frames()
+
+
+def run_until_settled(config: Config, ledger: Ledger, timeout_s: float = 90) -> None:
+    worker = Worker(config=config, ledger=ledger, stages=lambda: stages_for(config))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not worker.run_once():
+            jobs = ledger.list_jobs()
+            if jobs and all(job.state in FINAL_STATES for job in jobs):
+                return
+            time.sleep(0.05)
+    pytest.fail(f"jobs did not settle: {[(j.relative_path, j.state) for j in ledger.list_jobs()]}")
+
+
+@pytest.fixture
+def eye_config(make_config: Callable[..., Config]) -> Config:
+    return make_config(eyes={"session_quiet_s": 0.0})
+
+
+@pytest.fixture
+def eye_ledger(eye_config: Config) -> Ledger:
+    engine = create_ledger_engine(eye_config.ledger_url)
+    migrate.upgrade(engine)
+    return Ledger(engine, pipeline_version=eye_config.pipeline.version)
+
+
+def drop(config: Config, ledger: Ledger, path: Path) -> None:
+    enqueue_file(ledger, path, watch_root=config.watch[0].path,
+                 pipeline_version=config.pipeline.version)
+
+
+def outcome_of(config: Config, ledger: Ledger, relative: str) -> tuple[str, dict]:
+    (job,) = [job for job in ledger.list_jobs() if job.relative_path == relative]
+    assert job.state is JobState.DONE, (job.state, job.error_kind, job.error_message)
+    output = config.output.path / relative
+    return job.outcome or "", json.loads(sidecar_path(output).read_text())
+
+
+def test_blink_in_a_burst_is_fixed_from_the_open_frame(
+    eye_config: Config, eye_ledger: Ledger, frames: dict[str, np.ndarray]
+) -> None:
+    incoming = eye_config.watch[0].path / "session1"
+    opened = save_frame(incoming / "a_open.jpg", frames["open"], "2026:11:20 10:00:00")
+    shut = save_frame(incoming / "b_shut.jpg", frames["shut"], "2026:11:20 10:00:01")
+    for path in (shut, opened):
+        drop(eye_config, eye_ledger, path)
+    run_until_settled(eye_config, eye_ledger)
+
+    outcome, sidecar = outcome_of(eye_config, eye_ledger, "session1/b_shut.jpg")
+    assert outcome == "fixed"
+    (face,) = sidecar["faces"]
+    assert face["outcome"] == "fixed" and face["check"]["ok"]
+    assert {face["eyes"][side]["state"] for side in ("left", "right")} == {"closed"}
+    assert face["donor"]["kind"] == "burst" and face["donor"]["measures"]["time_distance_s"] == 1
+    assert Path(face["preview"]).exists()
+    assert_changed_only_around_the_eyes(eye_config, shut, frames["shut"])
+
+    outcome, sidecar = outcome_of(eye_config, eye_ledger, "session1/a_open.jpg")
+    assert outcome == "unchanged" and sidecar["faces"][0]["outcome"] == "open"
+    written = eye_config.output.path / "session1" / "a_open.jpg"
+    assert written.read_bytes() == opened.read_bytes()  # an open face is never altered
+
+
+def assert_changed_only_around_the_eyes(config: Config, shut: Path, before: np.ndarray) -> None:
+    with Image.open(shut) as original, Image.open(config.output.path / "session1" /
+                                                  shut.name) as fixed:
+        assert fixed.size == original.size
+        assert fixed.quantization == original.quantization  # re-encoded with the same tables
+        source = np.asarray(original.convert("RGB"), np.float64)
+        result = np.asarray(fixed.convert("RGB"), np.float64)
+    changed = np.abs(result - source).max(axis=2) > 40
+    rows, cols = np.nonzero(changed)
+    assert rows.size > 50  # the eyes really changed
+    # Everything that changed visibly lies in the band of the eyes, not elsewhere in the face.
+    assert rows.max() - rows.min() < before.shape[0] * 0.15
+    outside = np.ones(changed.shape, bool)
+    outside[rows.min() - 20:rows.max() + 20, cols.min() - 20:cols.max() + 20] = False
+    mse = np.mean((result[outside] - source[outside]) ** 2)
+    assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 40
+
+
+def test_a_blink_without_any_other_frame_is_no_donor_and_left_as_it_was(
+    eye_config: Config, eye_ledger: Ledger, frames: dict[str, np.ndarray]
+) -> None:
+    alone = save_frame(eye_config.watch[0].path / "alone" / "shut.jpg", frames["shut"],
+                       "2026:11:20 11:00:00")
+    drop(eye_config, eye_ledger, alone)
+    run_until_settled(eye_config, eye_ledger)
+    outcome, sidecar = outcome_of(eye_config, eye_ledger, "alone/shut.jpg")
+    (face,) = sidecar["faces"]
+    # Alone, only the single-photo rule applies: the more deeply painted eye reads closed.
+    assert face["eyes"]["left"]["state"] == "closed"
+    assert outcome == "no_donor" and face["outcome"] == "no_donor"
+    assert face["donor"]["reason"] == "no_candidates"
+    written = eye_config.output.path / "alone" / "shut.jpg"
+    assert written.read_bytes() == alone.read_bytes()
+
+
+def test_reference_portrait_is_a_donor_and_never_an_output(
+    make_config: Callable[..., Config], frames: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    references = tmp_path / "refs"
+    save_frame(references / "portrait.jpg", frames["open"], "2025:01:01 09:00:00")
+    config = make_config(eyes={"session_quiet_s": 0.0, "references": [str(references)]})
+    engine = create_ledger_engine(config.ledger_url)
+    migrate.upgrade(engine)
+    ledger = Ledger(engine, pipeline_version=config.pipeline.version)
+    shut = save_frame(config.watch[0].path / "shut.jpg", frames["shut"], "2026:11:20 12:00:00")
+    drop(config, ledger, shut)
+    run_until_settled(config, ledger)
+    outcome, sidecar = outcome_of(config, ledger, "shut.jpg")
+    (face,) = sidecar["faces"]
+    assert outcome == "fixed" and face["outcome"] == "fixed"
+    assert face["donor"]["kind"] == "reference" and face["donor"]["key"].endswith("portrait.jpg")
+    assert not list(config.output.path.rglob("portrait*"))
+    assert [job.relative_path for job in ledger.list_jobs()] == ["shut.jpg"]
+
+
+def test_a_fix_that_fails_its_check_ships_the_original_marked_needs_review(
+    eye_config: Config, eye_ledger: Ledger, frames: dict[str, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from openeyesd.stages import fix
+
+    real_transfer = fix.transfer_face
+
+    def visible_seam(*args: object, **kwargs: object) -> list:
+        return [dataclasses.replace(r, seam=9.0) for r in real_transfer(*args, **kwargs)]
+
+    monkeypatch.setattr(fix, "transfer_face", visible_seam)
+    incoming = eye_config.watch[0].path / "session2"
+    save_frame(incoming / "a_open.jpg", frames["open"], "2026:11:20 10:00:00")
+    shut = save_frame(incoming / "b_shut.jpg", frames["shut"], "2026:11:20 10:00:01")
+    for path in sorted(incoming.iterdir()):
+        drop(eye_config, eye_ledger, path)
+    run_until_settled(eye_config, eye_ledger)
+    outcome, sidecar = outcome_of(eye_config, eye_ledger, "session2/b_shut.jpg")
+    (face,) = sidecar["faces"]
+    assert outcome == "needs_review" and face["outcome"] == "needs_review"
+    assert "seam" in face["check"]["reason"] and not face["check"]["ok"]
+    written = eye_config.output.path / "session2" / "b_shut.jpg"
+    assert written.read_bytes() == shut.read_bytes()
+
+
+def test_a_references_folder_beside_the_photos_serves_them_and_is_not_queued(
+    eye_config: Config, eye_ledger: Ledger, frames: dict[str, np.ndarray]
+) -> None:
+    folder = eye_config.watch[0].path / "session3"
+    save_frame(folder / "references" / "portrait.jpg", frames["open"], "2025:01:01 09:00:00")
+    shut = save_frame(folder / "shut.jpg", frames["shut"], "2026:11:20 13:00:00")
+    results = enqueue_tree(eye_ledger, eye_config.watch[0].path,
+                           watch_root=eye_config.watch[0].path,
+                           pipeline_version=eye_config.pipeline.version)
+    assert {r.reason for r in results if r.path.name == "portrait.jpg"} == {"reference_portrait"}
+    run_until_settled(eye_config, eye_ledger)
+    outcome, sidecar = outcome_of(eye_config, eye_ledger, "session3/shut.jpg")
+    assert outcome == "fixed" and sidecar["faces"][0]["donor"]["kind"] == "reference"
+    assert shut.exists() and [j.relative_path for j in eye_ledger.list_jobs()] == [
+        "session3/shut.jpg"]
+
+
+def test_a_donor_deleted_between_plan_and_fix_makes_the_job_plan_again(
+    eye_config: Config, eye_ledger: Ledger, frames: dict[str, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from openeyesd.stages import fix
+
+    incoming = eye_config.watch[0].path / "session4"
+    save_frame(incoming / "a_open.jpg", frames["open"], "2026:11:20 10:00:00")
+    save_frame(incoming / "b_shut.jpg", frames["shut"], "2026:11:20 10:00:01")
+    for path in sorted(incoming.iterdir()):
+        drop(eye_config, eye_ledger, path)
+    real_donor = fix.FixStage._donor
+    calls: list[str] = []
+
+    def donor_vanishes_once(self: fix.FixStage, ctx: object, item: dict) -> object:
+        if not calls:
+            calls.append(item["donor_image"])
+            Path(item["donor_image"]).rename(Path(item["donor_image"] + ".away"))
+            try:
+                return real_donor(self, ctx, item)  # type: ignore[arg-type]
+            finally:
+                Path(item["donor_image"] + ".away").rename(Path(item["donor_image"]))
+        return real_donor(self, ctx, item)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fix.FixStage, "_donor", donor_vanishes_once)
+    run_until_settled(eye_config, eye_ledger)
+    outcome, _ = outcome_of(eye_config, eye_ledger, "session4/b_shut.jpg")
+    (job,) = [j for j in eye_ledger.list_jobs() if j.relative_path == "session4/b_shut.jpg"]
+    plans = [run for run in eye_ledger.stage_runs(job.id) if run.stage == "plan"]
+    assert outcome == "fixed" and calls and job.attempts == 2
+    assert [run.status for run in plans][-2:] == ["done", "done"]  # planned again
