@@ -1,0 +1,1 @@
+"""Network modules of the GPU face restorers, written from the published architectures."""
