@@ -60,7 +60,7 @@ from bench._common import emit_json, median  # noqa: E402
 from bench.calibrate_assess import EyeLabels, LabelledFace, Score, _labels_for  # noqa: E402
 from openeyesd.config import Config, LimitsConfig, parse_config  # noqa: E402
 from openeyesd.eyes.analysis import EyeToolkit, FrameAnalysis, analyse, build_toolkit  # noqa: E402
-from openeyesd.eyes.donors import DonorChoice, choose_donor  # noqa: E402
+from openeyesd.eyes.donors import DonorChoice, NoDonor, choose_donors  # noqa: E402
 from openeyesd.eyes.sessions import capture_time  # noqa: E402
 from openeyesd.eyes.transfer import EyeTransferResult, apply, preview, transfer_face  # noqa: E402
 from openeyesd.eyes.types import SIDES, EyeState, Side  # noqa: E402
@@ -116,6 +116,8 @@ class Attempt:
     identity_after: float | None = None
     identity_before: float | None = None
     outside_change: int = 0
+    #: Each replaced eye's opening after the fix / the donor eye's own opening.
+    opening_vs_donor: dict[str, float] = field(default_factory=dict)
     tile: np.ndarray | None = None
 
 
@@ -270,18 +272,19 @@ def fix_photo(photo: Photo, photos: list[Photo], toolkit: EyeToolkit,
         attempt = Attempt(photo, index, sides, truth, bool(face.closed_sides()), "no_donor")
         baselines = photo.baselines.get(index)
         candidates = _candidates(photo.judged, index, donors, baselines)
-        choice = choose_donor(_target(index, face), candidates, sides=sides)
+        choices = choose_donors(_target(index, face), candidates, sides=sides)
         attempts.append(attempt)
-        if not isinstance(choice, DonorChoice):
-            attempt.reason = choice.reason
+        if isinstance(choices, NoDonor):
+            attempt.reason = choices.reason
             continue
-        attempt.donor = choice.candidate.key
-        donor_photo = next(p for p in photos if f"eval:{p.file}" == choice.candidate.key)
-        assert donor_photo.judged is not None
-        donor_face = donor_photo.judged.faces[choice.candidate.face_index]
-        attempt.donor_closed_in_burst = tuple(
-            s for s in choice.sides if donor_face.state(s) is not EyeState.OPEN)
-        after = transplant(attempt, choice, donors, after, toolkit, baselines, blend)
+        attempt.donor = "+".join(c.candidate.key for c in choices)
+        for choice in choices:
+            donor_photo = next(p for p in photos if f"eval:{p.file}" == choice.candidate.key)
+            assert donor_photo.judged is not None
+            donor_face = donor_photo.judged.faces[choice.candidate.face_index]
+            attempt.donor_closed_in_burst += tuple(
+                s for s in choice.sides if donor_face.state(s) is not EyeState.OPEN)
+        after = transplant(attempt, choices, donors, after, toolkit, baselines, blend)
     return attempts
 
 
@@ -299,29 +302,37 @@ def open_in_burst(fixed: np.ndarray, attempt: Attempt, donors: list[DonorFrame],
     return None
 
 
-def transplant(attempt: Attempt, choice: DonorChoice, donors: list[DonorFrame],
+def transplant(attempt: Attempt, choices: list[DonorChoice], donors: list[DonorFrame],
                after: np.ndarray, toolkit: EyeToolkit,
                baselines: dict[Side, float | None] | None, blend: str) -> np.ndarray:
-    """transfer_face + apply + the fix stage's check for one face; returns the new pixels
-    (unchanged when the check fails, as in the fix stage)."""
-    donor = next(d for d in donors if d.key == choice.candidate.key)
-    donor_face = donor.analysis.faces[choice.candidate.face_index].face
+    """transfer_face + apply per donor (one, or one per eye) and the fix stage's check for
+    one face; returns the new pixels (unchanged when the check fails, as in the fix stage)."""
     target = attempt.photo.analysis.faces[attempt.face].face
-    donor_pixels = load_rgb(donor.image_path, LIMITS).pixels
-    try:
-        results = transfer_face(after, target, donor_pixels, donor_face,
-                                sides=choice.sides, method=blend)  # type: ignore[arg-type]
-    except ValueError as exc:
-        attempt.outcome, attempt.reason = "error", f"transfer_face: {exc}"
-        return after
-    candidate = apply(after, results)
+    candidate, results, donor_openings = after, [], {}
+    for choice in choices:
+        donor = next(d for d in donors if d.key == choice.candidate.key)
+        donor_analysis = donor.analysis.faces[choice.candidate.face_index]
+        donor_pixels = load_rgb(donor.image_path, LIMITS).pixels
+        try:
+            more = transfer_face(candidate, target, donor_pixels, donor_analysis.face,
+                                 sides=choice.sides, method=blend)  # type: ignore[arg-type]
+        except ValueError as exc:
+            attempt.outcome, attempt.reason = "error", f"transfer_face: {exc}"
+            return after
+        candidate, results = apply(candidate, more), results + more
+        donor_openings |= {s: donor_analysis.assessment.measurements[s].opening
+                           for s in choice.sides}
     seams = {r.side: float(r.seam) for r in results}
-    check = verify_fixed_face(toolkit, candidate, target, list(choice.sides), seams,
-                              baselines=baselines)  # type: ignore[arg-type]
+    check = verify_fixed_face(toolkit, candidate, target, list(seams), seams,
+                              baselines=baselines,  # type: ignore[arg-type]
+                              donor_openings=donor_openings)
     attempt.outcome = "fixed" if check.ok else "check_failed"
     attempt.reason = check.reason
+    attempt.opening_vs_donor = check.details.get("opening_vs_donor", {})
     attempt.seams = [float(r.seam) for r in results]
     attempt.outside_change = outside_change(after, candidate, results)
+    first_donor = next(d for d in donors if d.key == choices[0].candidate.key)
+    donor_face = first_donor.analysis.faces[choices[0].candidate.face_index].face
     if donor_face.descriptor is not None:
         fixed_vec = toolkit.identity.describe(candidate, target)
         attempt.identity_after = toolkit.identity.distance(fixed_vec, donor_face.descriptor)
@@ -413,10 +424,12 @@ def print_attempts(attempts: list[Attempt]) -> None:
         was = "-" if a.identity_before is None else f"{a.identity_before:.3f}"
         burst = {True: "open", False: "CLOSED", None: "-"}[a.open_after_in_burst]
         shut = "+".join(a.donor_closed_in_burst) or "no"
+        vs_donor = "/".join(f"{v:.2f}" for v in a.opening_vs_donor.values()) or "-"
         print(f"  {a.outcome:12s} {a.truth:6s} {a.photo.file.split('/')[-1][:36]:36s} #{a.face} "
               f"{'+'.join(a.sides):10s} read {'closed' if a.classified_closed else 'not   '} "
               f"donor {a.donor.split('/')[-1][:20]:20s} donor eye shut in burst: {shut:5s} "
-              f"seam {seam:9s} id {was}->{ident} outside {a.outside_change} after, in burst: "
+              f"seam {seam:9s} vs donor {vs_donor:9s} id {was}->{ident} "
+              f"outside {a.outside_change} after, in burst: "
               f"{burst}; {a.reason}")
 
 

@@ -583,6 +583,27 @@ def choose_donor(
     )
 
 
+def choose_donors(
+    target: DonorTarget,
+    candidates: Sequence[DonorCandidate],
+    weights: DonorWeights | None = None,
+    limits: DonorLimits | None = None,
+    sides: Sequence[Side] | None = None,
+) -> list[DonorChoice] | NoDonor:
+    """Donors for every closed eye of the target: one frame for both where one has both
+    open, else a second donor for the eye the first cannot give (a blink caught in two
+    frames, left shut in one and right in the other). A face whose closed eyes cannot all be
+    opened gets no donor at all: a face with one eye fixed and one still shut is no fix, and
+    the GPU profile may generate both."""
+    first = choose_donor(target, candidates, weights, limits, sides)
+    if isinstance(first, NoDonor) or not first.missing:
+        return first if isinstance(first, NoDonor) else [first]
+    second = choose_donor(target, candidates, weights, limits, sides=first.missing)
+    if isinstance(second, NoDonor):
+        return second
+    return [first, second]
+
+
 def _evaluate(
     target: DonorTarget,
     cand: DonorCandidate,

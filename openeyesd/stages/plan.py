@@ -35,8 +35,9 @@ from openeyesd.eyes.donors import (
     DonorCandidate,
     DonorChoice,
     DonorTarget,
+    NoDonor,
     align_frames,
-    choose_donor,
+    choose_donors,
     match_faces,
 )
 from openeyesd.eyes.sessions import CaptureTime, FrameRef, group_sessions, session_of
@@ -74,7 +75,7 @@ class DonorFrame:
 
 class PlanStage:
     name = "plan"
-    version = "1"
+    version = "2"  # 2: a second donor for the eye the first cannot give
 
     def __init__(self, toolkit: EyeToolkit) -> None:
         self.toolkit = toolkit
@@ -102,12 +103,16 @@ class PlanStage:
                 # Whatever opens these eyes later (donor or generation) is judged by this.
                 summary["burst_baselines"] = baselines.get(index) or {}
                 candidates = _candidates(frame, index, donors, baselines.get(index))
-                choice = choose_donor(_target(index, face), candidates)
-                summary["donor"] = choice.to_json()
-                if isinstance(choice, DonorChoice):
-                    plans.append(_plan(index, choice, donors, baselines.get(index)))
-                else:
+                choices = choose_donors(_target(index, face), candidates)
+                if isinstance(choices, NoDonor):
+                    summary["donor"] = choices.to_json()
                     summary["outcome"] = "no_donor"
+                    faces.append(summary)
+                    continue
+                summary["donor"] = choices[0].to_json()
+                if len(choices) > 1:
+                    summary["second_donor"] = choices[1].to_json()
+                plans += [_plan(index, c, donors, baselines.get(index)) for c in choices]
             faces.append(summary)
         return {"plans": plans, "faces": faces, "burst": [frame.id for frame in burst]}
 

@@ -41,14 +41,16 @@ def close_eye(image: np.ndarray, eye: Eye) -> np.ndarray:
 
 
 def blink_frames() -> dict[str, np.ndarray]:
-    """The astronaut with open eyes, and the same frame with both eyes painted shut."""
+    """The astronaut with open eyes, and the same frame with both, or one, eye painted shut."""
     from openeyesd.eyes.landmarks import FaceMeshBackend
 
     cv2.setNumThreads(1)
     astronaut = np.ascontiguousarray(skimage_data.astronaut())
     (face,) = FaceMeshBackend().detect(astronaut)
-    shut = close_eye(close_eye(astronaut, face.eyes["left"]), face.eyes["right"])
-    return {"open": astronaut, "shut": shut}
+    left_shut = close_eye(astronaut, face.eyes["left"])
+    shut = close_eye(left_shut, face.eyes["right"])
+    return {"open": astronaut, "shut": shut, "left_shut": left_shut,
+            "right_shut": close_eye(astronaut, face.eyes["right"])}
 
 
 def save_frame(path: Path, pixels: np.ndarray, taken: str) -> Path:

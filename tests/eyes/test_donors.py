@@ -23,6 +23,7 @@ from openeyesd.eyes.donors import (
     align_frames,
     assign,
     choose_donor,
+    choose_donors,
     eye_sharpness,
     gaze_offset,
     match_faces,
@@ -328,6 +329,26 @@ def test_prefers_a_donor_with_both_eyes_open(person: np.ndarray) -> None:
     partial = choose_donor(_target(person), [one_eye])
     assert isinstance(partial, DonorChoice)
     assert (partial.sides, partial.missing) == (("left",), ("right",))
+
+
+def test_each_eye_from_its_own_donor_when_no_frame_has_both_open(person: np.ndarray) -> None:
+    # A blink caught in two frames: left shut in one, right shut in the other.
+    left_open = _candidate(person, "a.jpg", OPEN, CLOSED, time_distance_s=0.3)
+    right_open = _candidate(person, "b.jpg", CLOSED, OPEN, time_distance_s=0.6)
+    choices = choose_donors(_target(person), [left_open, right_open])
+    assert isinstance(choices, list)
+    assert [(c.candidate.key, c.sides) for c in choices] == [
+        ("a.jpg", ("left",)), ("b.jpg", ("right",))]
+    # One frame with both open is one donor, whatever else is on offer.
+    both = _candidate(person, "c.jpg", time_distance_s=2.0)
+    (only,) = choose_donors(_target(person), [left_open, right_open, both])  # type: ignore[misc]
+    assert (only.candidate.key, only.sides) == ("c.jpg", ("left", "right"))
+
+
+def test_no_donor_when_one_closed_eye_has_none(person: np.ndarray) -> None:
+    # Half a fix (one eye opened, one still shut) is not offered: the face gets no donor.
+    result = choose_donors(_target(person), [_candidate(person, "a.jpg", OPEN, CLOSED)])
+    assert isinstance(result, NoDonor) and result.needed == ("right",)
 
 
 def test_rejects_a_different_person(person: np.ndarray) -> None:

@@ -55,6 +55,22 @@ def test_open_eyes_pass_on_a_face_crop(toolkit: EyeToolkit, astronaut: np.ndarra
     assert check.details["eyes_after"] == {"left": "open", "right": "open"}
 
 
+def test_an_eye_opened_much_less_than_its_donors_is_not_a_fix(
+    toolkit: EyeToolkit, astronaut: np.ndarray, face: Face
+) -> None:
+    crop, origin = _crop(astronaut, face)
+    measured = verify_fixed_face(toolkit, crop, face, ["left"], {}, origin=origin)
+    opening = measured.details["opening_after"]["left"]
+    as_wide = verify_fixed_face(toolkit, crop, face, ["left"], {}, origin=origin,
+                                donor_openings={"left": opening * 1.1})
+    assert as_wide.ok and as_wide.details["opening_vs_donor"]["left"] == pytest.approx(
+        1 / 1.1, abs=1e-3)
+    half = verify_fixed_face(toolkit, crop, face, ["left"], {}, origin=origin,
+                             donor_openings={"left": opening * 2})
+    assert not half.ok
+    assert half.reason.startswith("the left eye opened only 50% as wide as the donor's")
+
+
 def test_a_face_that_is_gone_is_not_found_again(toolkit: EyeToolkit, astronaut: np.ndarray,
                                                 face: Face) -> None:
     wiped = astronaut.copy()

@@ -73,6 +73,28 @@ def outcome_of(config: Config, ledger: Ledger, relative: str) -> tuple[str, dict
     return job.outcome or "", json.loads(sidecar_path(output).read_text())
 
 
+def test_each_eye_comes_from_its_own_frame_when_no_frame_has_both_open(
+    eye_config: Config, eye_ledger: Ledger, frames: dict[str, np.ndarray]
+) -> None:
+    incoming = eye_config.watch[0].path / "session1"
+    shut = save_frame(incoming / "b_shut.jpg", frames["shut"], "2026:11:20 10:00:01")
+    for name, key, taken in (("a_left.jpg", "left_shut", "00"), ("c_right.jpg", "right_shut",
+                                                                    "02")):
+        drop(eye_config, eye_ledger,
+             save_frame(incoming / name, frames[key], f"2026:11:20 10:00:{taken}"))
+    drop(eye_config, eye_ledger, shut)
+    run_until_settled(eye_config, eye_ledger)
+
+    outcome, sidecar = outcome_of(eye_config, eye_ledger, "session1/b_shut.jpg")
+    (face,) = sidecar["faces"]
+    assert outcome == "fixed" and face["check"]["ok"], face["check"]
+    donors = {face["donor"]["key"]: face["donor"]["sides"],
+              face["second_donor"]["key"]: face["second_donor"]["sides"]}
+    assert sorted(donors.values()) == [["left"], ["right"]]
+    assert set(face["check"]["opening_vs_donor"]) == {"left", "right"}
+    assert_changed_only_around_the_eyes(eye_config, shut, frames["shut"])
+
+
 def test_blink_in_a_burst_is_fixed_from_the_open_frame(
     eye_config: Config, eye_ledger: Ledger, frames: dict[str, np.ndarray]
 ) -> None:
