@@ -463,13 +463,24 @@ def face_row(face: Mapping[str, Any]) -> dict[str, Any]:
         eye = eyes.get(side)
         row[f"{side} eye"] = eye.get("state") if isinstance(eye, Mapping) else eye
     if donor is not None:
-        row["donor"] = (f"{donor.get('kind')} {donor.get('key')}" if donor.get("key")
-                        else f"none: {donor.get('reason')}")
+        row["donor"] = _donor_words(donor)
+    second = face.get("second_donor")
+    if isinstance(second, Mapping) and donor is not None:
+        # One donor per eye: say which eye came from where.
+        row["donor"] = f"{_donor_words(donor)} + {_donor_words(second)}"
     if check is not None:
         row["check"] = check.get("reason")
     if face.get("preview"):
         row["preview"] = face["preview"]
     return row
+
+
+def _donor_words(donor: Mapping[str, Any]) -> str:
+    if not donor.get("key"):
+        return f"none: {donor.get('reason')}"
+    sides = donor.get("sides") or []
+    eyes = f" ({'+'.join(sides)})" if len(sides) == 1 else ""
+    return f"{donor.get('kind')} {donor.get('key')}{eyes}"
 
 
 # --- operator actions --------------------------------------------------------------------------
