@@ -158,6 +158,21 @@ class Deferred(OpenEyesError):
         self.delay_s = delay_s
 
 
+class Parked(OpenEyesError):
+    """Not an error: in the GPU profile the job's next stage needs a model that is not loaded,
+    and other queued jobs can use what is loaded (or have earlier stages to run). The worker
+    puts it back in the queue, due at once and without spending an attempt, marked with the
+    stage it waits for, so that it is claimed together with the others once that model is
+    loaded (``gpu.group_jobs``)."""
+
+    kind = "parked"
+
+    def __init__(self, stage: str, models: tuple[str, ...]) -> None:
+        super().__init__(f"parked before stage '{stage}' until {', '.join(models)} is loaded")
+        self.stage = stage
+        self.models = models
+
+
 class Interrupted(OpenEyesError):
     """The daemon is stopping; the job goes back to the queue and resumes from its last
     artifact on the next start, without spending an attempt."""

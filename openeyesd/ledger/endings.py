@@ -38,10 +38,14 @@ class Ending:
     #: Back in the queue only: False gives back the attempt the claim took (not the photo's
     #: fault: infrastructure, shutdown, a burst still growing).
     count_attempt: bool = True
+    #: Parked (GPU stage grouping): the stage whose model the job waits for.
+    next_stage: str | None = None
 
     def __post_init__(self) -> None:
         if self.state not in ENDING_STATES:
             raise ValueError(f"a job cannot be ended as {self.state}")
+        if self.next_stage is not None and self.state is not JobState.QUEUED:
+            raise ValueError(f"only a queued job waits for a stage, not a {self.state} one")
 
     @property
     def requeues(self) -> bool:
@@ -76,3 +80,9 @@ class Ending:
             raise ValueError(f"a retried job goes back as queued or waiting, not {state}")
         return cls(state, error_kind=error.kind, error_message=error.message, delay_s=delay_s,
                    count_attempt=count_attempt)
+
+    @classmethod
+    def parked(cls, stage: str) -> Ending:
+        """Back in the queue at once, the attempt given back, waiting to run ``stage`` until
+        its model is loaded (``openeyesd.grouping``); its error columns are left alone."""
+        return cls(JobState.QUEUED, count_attempt=False, next_stage=stage)

@@ -16,7 +16,9 @@ The hot paths (enqueue, claim, heartbeat, stages, endings) run statements built 
 compiled once by SQLAlchemy); the rarer operations build theirs per call. The claim is one
 portable ``UPDATE ... WHERE id = (SELECT ... LIMIT 1) AND state IN (runnable) RETURNING *``,
 with ``FOR UPDATE SKIP LOCKED`` in the subquery on PostgreSQL (on SQLite ``BEGIN IMMEDIATE``
-already serialises writers).
+already serialises writers). In the GPU profile a claim may first ask for the oldest job parked
+before a stage whose model is loaded (``prefer``, ``openeyesd.grouping``), one statement of the
+same shape per stage, in the same transaction.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
@@ -45,8 +47,8 @@ from openeyesd.ledger.schema import (
     stage_runs,
     workers,
 )
+from openeyesd.ledger.statements import NOT_PARKED, build_statements
 from openeyesd.ledger.statements import RUNNABLE_STATES as RUNNABLE_STATES
-from openeyesd.ledger.statements import build_statements
 
 #: Paths per IN (...) of ``known_sources``: far below SQLite's and PostgreSQL's parameter
 #: limits, and a statement that stays short to parse.
@@ -91,6 +93,9 @@ class Job:
     session_folder: str | None = None
     captured_at: datetime | None = None
     capture_source: str | None = None
+    #: Parked (GPU stage grouping): the stage it waits to run and when it first waited.
+    next_stage: str | None = None
+    parked_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -193,6 +198,16 @@ class RunningJob:
 
 
 @dataclass(frozen=True)
+class ParkedCounts:
+    """What GPU stage grouping asks the queue before it parks a job."""
+
+    #: Queued jobs parked before each stage (stages with none are absent).
+    per_stage: dict[str, int]
+    #: Whether some runnable job is due now and not parked: work that needs no swap.
+    unparked_due: bool
+
+
+@dataclass(frozen=True)
 class LedgerStats:
     now: datetime
     counts: dict[str, int]
@@ -201,6 +216,8 @@ class LedgerStats:
     oldest_queued_at: datetime | None
     running: list[RunningJob]
     workers: list[WorkerRecord]
+    #: Queued jobs parked before each stage until its model is loaded (GPU profile).
+    parked: dict[str, int] = field(default_factory=dict)
 
     @property
     def queue_depth(self) -> int:
@@ -381,11 +398,26 @@ class Ledger:
 
     # -- claiming and leases -----------------------------------------------------------------
 
-    def claim(self, worker_id: str, *, lease_s: float, work_root: str) -> Job | None:
-        """Take the next runnable job: state -> running, lease to ``worker_id``, attempts + 1."""
+    def claim(
+        self, worker_id: str, *, lease_s: float, work_root: str, prefer: Sequence[str] = ()
+    ) -> Job | None:
+        """Take the next runnable job: state -> running, lease to ``worker_id``, attempts + 1.
+        ``prefer``: stages (in order) whose parked jobs are taken before any other job (GPU
+        stage grouping: their models are loaded); empty, the order is plain oldest-first."""
         params = self._claim_params(worker_id, lease_s, work_root, utcnow())
         with self._hot.write() as tx:
-            row = tx.first(self._sql.claim, params)
+            return self._claim_in(tx, params, prefer)
+
+    def _claim_in(
+        self, tx: HotTransaction, params: dict[str, Any], prefer: Sequence[str]
+    ) -> Job | None:
+        # One statement per preferred stage, each a seek in ix_jobs_parked, rather than one
+        # with an IN list: the hot path runs statements compiled once (no per-call SQL).
+        for stage in prefer:
+            row = tx.first(self._sql.claim_parked, params | {"b_stage": stage})
+            if row is not None:
+                return Job.from_mapping(row)
+        row = tx.first(self._sql.claim, params)
         return None if row is None else Job.from_mapping(row)
 
     @staticmethod
@@ -431,7 +463,7 @@ class Ledger:
             rows = conn.execute(select(jobs.c.id, jobs.c.attempts).where(expired)).all()
             for row in rows:
                 values: dict[str, Any] = dict(
-                    lease_owner=None, lease_expires_at=None, updated_at=now
+                    lease_owner=None, lease_expires_at=None, updated_at=now, **NOT_PARKED
                 )
                 if row.attempts >= max_attempts:
                     values |= dict(
@@ -465,6 +497,7 @@ class Ledger:
                     next_run_at=now,
                     lease_owner=None,
                     lease_expires_at=None,
+                    **NOT_PARKED,
                     updated_at=now,
                 )
             )
@@ -590,7 +623,8 @@ class Ledger:
         self._leased_write(statement, params)
 
     def finish_and_claim(
-        self, job_id: int, worker_id: str, *, ending: Ending, lease_s: float, work_root: str
+        self, job_id: int, worker_id: str, *, ending: Ending, lease_s: float, work_root: str,
+        prefer: Sequence[str] = (),
     ) -> Job | None:
         """``settle`` the job held and ``claim`` the next one, in ONE transaction: a busy
         worker pays one commit per job boundary instead of two. At-least-once holds either
@@ -598,7 +632,8 @@ class Ledger:
         after it the new one is.
 
         Raises LeaseLost, with nothing claimed and nothing written, when the held job is no
-        longer this worker's; the worker logs that and claims with ``claim``."""
+        longer this worker's; the worker logs that and claims with ``claim``. ``prefer``: as
+        for ``claim``."""
         now = utcnow()
         statement, params = self._ending_write(job_id, worker_id, ending, now)
         claim = self._claim_params(worker_id, lease_s, work_root, now)
@@ -606,17 +641,16 @@ class Ledger:
             if not tx.rowcount(statement, params):
                 # Raising inside the block rolls back: the claim must not outlive the ending.
                 raise LeaseLost(f"job {job_id} is no longer leased to {worker_id}")
-            row = tx.first(self._sql.claim, claim)
-        return None if row is None else Job.from_mapping(row)
+            return self._claim_in(tx, claim, prefer)
 
     def _ending_write(
         self, job_id: int, worker_id: str, ending: Ending, now: datetime
     ) -> tuple[Any, dict[str, Any]]:
         """The prebuilt lease-checked UPDATE for ``ending`` and its parameters."""
-        params: dict[str, Any] = {
-            "b_job_id": job_id,
-            "b_owner": worker_id,
-            "b_now": now,
+        owned = {"b_job_id": job_id, "b_owner": worker_id, "b_now": now}
+        if ending.next_stage is not None:
+            return self._sql.park, owned | {"b_next_stage": ending.next_stage}
+        params: dict[str, Any] = owned | {
             "b_state": ending.state,
             "b_error_kind": ending.error_kind,
             "b_error_message": ending.error_message,
@@ -688,6 +722,7 @@ class Ledger:
                         error_message=None,
                         outcome=None,
                         current_stage=None,
+                        **NOT_PARKED,
                         updated_at=now,
                     )
                 )
@@ -709,6 +744,7 @@ class Ledger:
                         current_stage=None,
                         lease_owner=None,
                         lease_expires_at=None,
+                        **NOT_PARKED,
                     )
                 ).rowcount
             )
@@ -765,6 +801,7 @@ class Ledger:
                 )
             ]
             worker_rows = conn.execute(select(workers).order_by(workers.c.started_at)).all()
+            parked = {row.next_stage: row.n for row in conn.execute(_parked_per_stage())}
         if oldest is not None and oldest.tzinfo is None:
             oldest = oldest.replace(tzinfo=UTC)
         return LedgerStats(
@@ -775,7 +812,27 @@ class Ledger:
             oldest_queued_at=oldest,
             running=running,
             workers=[WorkerRecord(**dict(row._mapping)) for row in worker_rows],
+            parked=parked,
         )
+
+    def parked_counts(self) -> ParkedCounts:
+        """Queued jobs parked per stage, and whether any due job is not parked: what GPU stage
+        grouping weighs before it parks one more. Both reads use an index (``ix_jobs_parked``
+        for the counts; the second stops at the first due job found)."""
+        now = utcnow()
+        unparked = (
+            select(jobs.c.id)
+            .where(
+                or_(*(jobs.c.state == state for state in RUNNABLE_STATES)),
+                jobs.c.next_run_at <= now,
+                jobs.c.next_stage.is_(None),
+            )
+            .limit(1)
+        )
+        with self._read() as conn:
+            per_stage = {row.next_stage: row.n for row in conn.execute(_parked_per_stage())}
+            unparked_due = conn.execute(unparked).first() is not None
+        return ParkedCounts(per_stage=per_stage, unparked_due=unparked_due)
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -852,6 +909,14 @@ class Ledger:
                 .where(jobs.c.id == job_id, jobs.c.state.in_(FINAL_STATES))
                 .values(work_dir=None)
             )
+
+
+def _parked_per_stage() -> Any:
+    return (
+        select(jobs.c.next_stage, func.count().label("n"))
+        .where(jobs.c.state == JobState.QUEUED, jobs.c.next_stage.is_not(None))
+        .group_by(jobs.c.next_stage)
+    )
 
 
 def _stage_status_for(error: OpenEyesError) -> StageStatus:

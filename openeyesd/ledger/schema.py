@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 
 
@@ -112,6 +113,11 @@ jobs = Table(
     Column("captured_at", UTCDateTime()),
     # "exif" or "file": times from different clocks are never chained into one burst.
     Column("capture_source", String(8)),
+    # GPU stage grouping (``gpu.group_jobs``): a queued job whose next stage waits for its
+    # model to be loaded names that stage, and keeps the time it first waited (grouping never
+    # holds it back longer than ``gpu.group_max_wait_s`` in all). NULL for every other job.
+    Column("next_stage", String(32)),
+    Column("parked_at", UTCDateTime()),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("started_at", UTCDateTime()),
@@ -120,6 +126,14 @@ jobs = Table(
     Index("ix_jobs_claim", "state", "next_run_at"),
     Index("ix_jobs_finished_at", "finished_at"),
     Index("ix_jobs_session", "session_folder", "captured_at"),
+    # The claim that prefers jobs parked before a given stage, and the count of parked jobs.
+    # Partial: only parked jobs are in it, so jobs that never wait (the whole CPU profile)
+    # cost it nothing on their claims and endings.
+    Index(
+        "ix_jobs_parked", "state", "next_stage", "next_run_at",
+        sqlite_where=text("next_stage IS NOT NULL"),
+        postgresql_where=text("next_stage IS NOT NULL"),
+    ),
 )
 
 #: Every path a photo was seen at. Lets the watcher skip unchanged files on a rescan without

@@ -16,8 +16,9 @@ has no row locks; ``BEGIN IMMEDIATE`` already serialises its writers).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import (
@@ -28,6 +29,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    func,
     insert,
     or_,
     select,
@@ -40,6 +42,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from openeyesd.ledger.schema import JobState, StageStatus, jobs, source_files, stage_runs
 
 RUNNABLE_STATES = (JobState.QUEUED, JobState.WAITING)
+
+#: Every requeue for another reason, and every final ending, ends a job's wait for a model
+#: (``values(**NOT_PARKED)``; read-only, shared by every statement that sets it).
+NOT_PARKED: Mapping[str, None] = MappingProxyType({"next_stage": None, "parked_at": None})
 
 _DIALECT_INSERTS: dict[str, Callable[..., Any]] = {
     "sqlite": sqlite_insert,
@@ -77,6 +83,7 @@ class Statements:
     reset_job: Executable
     upsert_source: Executable
     claim: Executable
+    claim_parked: Executable
     heartbeat: Executable
     start_stage_job: Executable
     start_stage_run: Executable
@@ -85,6 +92,7 @@ class Statements:
     end: Executable
     retry_later_counted: Executable
     retry_later_refunded: Executable
+    park: Executable
 
 
 def build_statements(dialect: str, *, by_version: bool) -> Statements:
@@ -103,6 +111,7 @@ def build_statements(dialect: str, *, by_version: bool) -> Statements:
         reset_job=_reset_job(),
         upsert_source=_upsert_source(dialect_insert),
         claim=_claim(skip_locked=dialect == "postgresql"),
+        claim_parked=_claim(skip_locked=dialect == "postgresql", parked_before_stage=True),
         heartbeat=update(jobs)
         .where(_owned())
         .values(
@@ -121,6 +130,7 @@ def build_statements(dialect: str, *, by_version: bool) -> Statements:
         end=_end(),
         retry_later_counted=_retry_later(refund_attempt=False),
         retry_later_refunded=_retry_later(refund_attempt=True),
+        park=_park(),
     )
 
 
@@ -174,6 +184,7 @@ def _reset_job() -> Executable:
             current_stage=None,
             lease_owner=None,
             lease_expires_at=None,
+            **NOT_PARKED,
             updated_at=_now(),
             source_path=bindparam("b_source_path"),
             watch_root=bindparam("b_watch_root"),
@@ -193,10 +204,19 @@ def _upsert_source(dialect_insert: Callable[..., Any]) -> Executable:
     )
 
 
-def _claim(*, skip_locked: bool) -> Executable:
+def _claim(*, skip_locked: bool, parked_before_stage: bool = False) -> Executable:
     """The oldest runnable job, leased in one statement. The subquery picks it; the outer
-    WHERE re-checks the state, so a row another claimer took meanwhile is not taken twice."""
-    next_id = _next_runnable_locked() if skip_locked else _next_runnable_by_state()
+    WHERE re-checks the state, so a row another claimer took meanwhile is not taken twice.
+
+    ``parked_before_stage``: the oldest job parked before stage ``b_stage`` instead (GPU stage
+    grouping: its model is loaded now). The ledger tries that first and falls back to the
+    plain claim, so the plain claim's SQL, plan and order stay exactly as they were."""
+    if parked_before_stage:
+        next_id = _next_parked(skip_locked=skip_locked)
+    elif skip_locked:
+        next_id = _next_runnable_locked()
+    else:
+        next_id = _next_runnable_by_state()
     return (
         update(jobs)
         .where(jobs.c.id == next_id, _runnable())
@@ -225,6 +245,26 @@ def _next_runnable_locked() -> Any:
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
+
+
+def _next_parked(*, skip_locked: bool) -> Any:
+    """Parked jobs are queued (never waiting): one equality on ``state`` and ``next_stage``
+    and a range on ``next_run_at`` is one seek in ``ix_jobs_parked``, already in claim order
+    (``next_stage = ?`` implies the index's ``next_stage IS NOT NULL``, on SQLite and on
+    PostgreSQL alike)."""
+    query = (
+        select(jobs.c.id)
+        .where(
+            jobs.c.state == JobState.QUEUED,
+            jobs.c.next_stage == bindparam("b_stage"),
+            jobs.c.next_run_at <= _now(),
+        )
+        .order_by(jobs.c.next_run_at, jobs.c.id)
+        .limit(1)
+    )
+    if skip_locked:
+        query = query.with_for_update(skip_locked=True)
+    return query.scalar_subquery()
 
 
 def _next_runnable_by_state() -> Any:
@@ -272,6 +312,7 @@ def _end() -> Executable:
             lease_owner=None,
             lease_expires_at=None,
             current_stage=None,
+            **NOT_PARKED,
             state=bindparam("b_state", type_=jobs.c.state.type),
             outcome=bindparam("b_outcome"),
             output_path=bindparam("b_output_path"),
@@ -281,10 +322,13 @@ def _end() -> Executable:
     )
 
 
+def _refunded() -> Any:
+    """The attempt count less the one the claim took."""
+    return case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0)
+
+
 def _retry_later(*, refund_attempt: bool) -> Executable:
-    attempts: Any = jobs.c.attempts
-    if refund_attempt:
-        attempts = case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0)
+    attempts: Any = _refunded() if refund_attempt else jobs.c.attempts
     return (
         update(jobs)
         .where(_owned())
@@ -294,8 +338,31 @@ def _retry_later(*, refund_attempt: bool) -> Executable:
             attempts=attempts,
             lease_owner=None,
             lease_expires_at=None,
+            # Back for another reason (an error, a shutdown, its burst): no longer parked.
+            **NOT_PARKED,
             error_kind=bindparam("b_error_kind"),
             error_message=bindparam("b_error_message"),
+            updated_at=_now(),
+        )
+    )
+
+
+def _park() -> Executable:
+    """GPU stage grouping: back in the queue, due at once, the attempt the claim took given
+    back, marked with the stage it waits for. ``parked_at`` keeps the FIRST wait, so
+    ``gpu.group_max_wait_s`` bounds the time grouping holds the job back in all. The error
+    columns are left as they are: waiting for a model is not an error."""
+    return (
+        update(jobs)
+        .where(_owned())
+        .values(
+            state=JobState.QUEUED,
+            next_run_at=_now(),
+            attempts=_refunded(),
+            lease_owner=None,
+            lease_expires_at=None,
+            next_stage=bindparam("b_next_stage"),
+            parked_at=func.coalesce(jobs.c.parked_at, _now()),
             updated_at=_now(),
         )
     )

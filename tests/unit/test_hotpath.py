@@ -111,10 +111,21 @@ def _requeue(tx: HotTransaction, sql: Statements) -> list[Any]:
     ]
 
 
+def _parking(tx: HotTransaction, sql: Statements) -> list[Any]:
+    t6, t7 = T0 + timedelta(minutes=6), T0 + timedelta(minutes=7)
+    return [
+        tx.first(sql.claim, _claim(t6)),  # job 1, requeued by the reset above
+        tx.rowcount(sql.park, _owned(1, t6, b_next_stage="generate")),
+        tx.first(sql.claim_parked, _claim(t7) | {"b_stage": "restore"}),  # none parked there
+        tx.first(sql.claim_parked, _claim(t7) | {"b_stage": "generate"}),
+        tx.rowcount(sql.park, _owned(1, t7, b_next_stage="restore")),  # keeps its first wait
+    ]
+
+
 def _play(path: HotPath) -> list[Any]:
     """Every hot-path statement, in the transactions a ledger would group them in."""
     returned: list[Any] = []
-    for step in (_intake, _work, _requeue):
+    for step in (_intake, _work, _requeue, _parking):
         with path.write() as tx:
             returned += step(tx, SQL)
     return [dict(r) if isinstance(r, Mapping) else r for r in returned]
@@ -138,7 +149,11 @@ def test_both_paths_return_and_store_identical_rows(twins: tuple[Engine, Engine]
     claimed = expected[5]
     assert claimed["id"] == 1 and claimed["state"] == JobState.RUNNING
     assert claimed["heartbeat_at"] == T0 + timedelta(minutes=1)  # aware UTC, as given
-    assert expected[2] is None and expected[-2] is None and expected[13] == 0
+    assert expected[2] is None and expected[18] is None and expected[13] == 0
+    parked = expected[23]
+    assert parked["id"] == 1 and parked["next_stage"] == "generate" and parked["attempts"] == 1
+    assert parked["parked_at"] == T0 + timedelta(minutes=6) and expected[22] is None
+    assert expected[21] == expected[24] == 1
     stored = _stored(on_driver)
     assert stored == _stored(through)
     assert len(stored["jobs"]) == 2 and len(stored["source_files"]) == 2

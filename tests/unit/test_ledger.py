@@ -23,6 +23,7 @@ from openeyesd.ledger import (
     JobState,
     LeaseLost,
     Ledger,
+    ParkedCounts,
     create_ledger_engine,
     migrate,
     utcnow,
@@ -493,3 +494,119 @@ def test_endings_refuse_states_they_cannot_lead_to() -> None:
         Ending.finished(JobState.FAILED, outcome="x", output_path=None)
     with pytest.raises(ValueError):
         Ending.retry(SourceBusy("x"), delay_s=0, state=JobState.DONE)
+
+
+# -- GPU stage grouping: jobs parked until their stage's model is loaded ------------------------
+
+
+def park(ledger: Ledger, stage: str, owner: str = "w", prefer: tuple[str, ...] = ()) -> int:
+    """Claim the next job and park it before ``stage``; returns its id."""
+    job = ledger.claim(owner, lease_s=30, work_root="/w", prefer=prefer)
+    assert job is not None
+    ledger.settle(job.id, owner, Ending.parked(stage))
+    return job.id
+
+
+def test_parking_requeues_at_once_refunds_the_attempt_and_keeps_the_first_wait(
+    any_ledger: Ledger,
+) -> None:
+    job_id = add(any_ledger, "a.jpg")
+    park(any_ledger, "generate")
+    parked = any_ledger.get_job(job_id)
+    assert parked is not None and parked.state is JobState.QUEUED and parked.attempts == 0
+    assert parked.next_stage == "generate" and parked.lease_owner is None
+    assert parked.parked_at is not None and parked.next_run_at <= utcnow()
+    assert parked.error_kind is None  # waiting for a model is not an error
+    park(any_ledger, "restore", prefer=("generate",))  # ran generate, now waits again
+    again = any_ledger.get_job(job_id)
+    assert again is not None and again.next_stage == "restore"
+    assert again.parked_at == parked.parked_at and again.attempts == 0
+    claimed = any_ledger.claim("w", lease_s=30, work_root="/w")
+    assert claimed is not None and claimed.attempts == 1 and claimed.parked_at == parked.parked_at
+    any_ledger.settle(job_id, "w", DONE)
+    done = any_ledger.get_job(job_id)
+    assert done is not None and (done.next_stage, done.parked_at) == (None, None)
+
+
+def test_claim_prefers_jobs_parked_before_the_given_stages_in_their_order(
+    any_ledger: Ledger,
+) -> None:
+    ids = [add(any_ledger, f"{n}.jpg") for n in range(4)]
+    assert park(any_ledger, "restore") == ids[0]
+    assert park(any_ledger, "generate") == ids[1]
+
+    def claim(*prefer: str) -> int | None:
+        job = any_ledger.claim("w", lease_s=30, work_root="/w", prefer=prefer)
+        return None if job is None else job.id
+
+    assert claim("generate", "restore") == ids[1]
+    assert claim("detect", "restore") == ids[0]
+    assert claim("restore") == ids[2]  # none parked there any more: the oldest due job
+    assert claim() == ids[3]
+    assert claim("generate") is None
+
+
+def test_without_a_preference_parked_jobs_take_their_turn_oldest_first(
+    any_ledger: Ledger,
+) -> None:
+    ids = [add(any_ledger, f"{n}.jpg") for n in range(3)]
+    park(any_ledger, "generate")  # ids[0]: due again now, behind the two older jobs
+    order = [any_ledger.claim("w", lease_s=30, work_root="/w") for _ in range(4)]
+    assert [job.id if job else None for job in order] == [ids[1], ids[2], ids[0], None]
+
+
+def test_finish_and_claim_parks_and_prefers_in_one_transaction(any_ledger: Ledger) -> None:
+    first, second = add(any_ledger, "a.jpg"), add(any_ledger, "b.jpg")
+    park(any_ledger, "generate")
+    assert any_ledger.claim("w", lease_s=30, work_root="/w").id == second  # type: ignore[union-attr]
+    following = any_ledger.finish_and_claim(second, "w", ending=Ending.parked("restore"),
+                                            lease_s=30, work_root="/w", prefer=("generate",))
+    assert following is not None and following.id == first
+    assert any_ledger.get_job(second).next_stage == "restore"  # type: ignore[union-attr]
+
+
+def test_parked_counts_count_queued_parked_jobs_per_stage_and_unparked_due_work(
+    any_ledger: Ledger,
+) -> None:
+    assert any_ledger.parked_counts() == ParkedCounts(per_stage={}, unparked_due=False)
+    for n in range(3):
+        add(any_ledger, f"{n}.jpg")
+    assert any_ledger.parked_counts() == ParkedCounts(per_stage={}, unparked_due=True)
+    park(any_ledger, "generate")
+    park(any_ledger, "generate")
+    park(any_ledger, "restore")
+    assert any_ledger.parked_counts() == ParkedCounts(
+        per_stage={"generate": 2, "restore": 1}, unparked_due=False)
+    any_ledger.claim("w", lease_s=30, work_root="/w", prefer=("restore",))  # running: not counted
+    later = add(any_ledger, "later.jpg")
+    any_ledger.claim("w", lease_s=30, work_root="/w")  # the 2 parked are older: one is taken
+    counts = any_ledger.parked_counts()
+    assert counts.per_stage == {"generate": 1} and counts.unparked_due
+    assert any_ledger.get_job(later).state is JobState.QUEUED  # type: ignore[union-attr]
+
+
+def test_every_other_way_back_to_the_queue_ends_the_wait(any_ledger: Ledger) -> None:
+    ids = [add(any_ledger, f"{n}.jpg") for n in range(4)]
+    for _ in ids:
+        park(any_ledger, "generate")
+    assert any_ledger.parked_counts().per_stage == {"generate": 4}
+    errors = (Ending.retry(SourceBusy("locked"), delay_s=3600),
+              Ending.retry(OutOfMemory("gpu"), delay_s=0, count_attempt=False))
+    for ending in errors:
+        job = any_ledger.claim("w", lease_s=30, work_root="/w", prefer=("generate",))
+        assert job is not None
+        any_ledger.settle(job.id, "w", ending)
+    dead = any_ledger.claim("dead:1/0", lease_s=30, work_root="/w", prefer=("generate",))
+    assert dead is not None and any_ledger.release_leases(["dead:1/0"]) == [dead.id]
+    (cancelled,) = [i for i in ids if any_ledger.get_job(i).next_stage]  # type: ignore[union-attr]
+    assert any_ledger.cancel(cancelled)
+    for job_id in ids:
+        job = any_ledger.get_job(job_id)
+        assert job is not None and (job.next_stage, job.parked_at) == (None, None), job
+    assert any_ledger.parked_counts().per_stage == {}
+
+
+def test_only_a_queued_ending_names_a_next_stage() -> None:
+    with pytest.raises(ValueError, match="waits for a stage"):
+        Ending(JobState.WAITING, next_stage="generate")
+    assert Ending.parked("generate").requeues and not Ending.parked("generate").count_attempt
