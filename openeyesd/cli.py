@@ -341,6 +341,8 @@ def status_numbers(stats: LedgerStats, config: Config) -> dict[str, Any]:
         "throughput_per_hour": float(stats.finished_last_hour),
         "oldest_queued_at": stats.oldest_queued_at,
         "oldest_queued_age_s": age_s(now, stats.oldest_queued_at),
+        # GPU profile: queued jobs waiting for the model of their next stage, per stage.
+        "parked": stats.parked,
         "running": running,
         "workers": workers,
         "stale_after_s": stale_after_s,

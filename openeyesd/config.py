@@ -221,6 +221,15 @@ class GpuConfig(_Section):
     landmarks_provider: OnnxProvider = OnnxProvider.CUDA
     #: Models stay loaded while they fit in this much GPU memory (GiB); 0 = 90 % of the card.
     vram_budget_gb: Annotated[float, Field(ge=0)] = 0.0
+    #: Let a loaded model serve many queued jobs before it is swapped: a job whose next stage
+    #: needs a model that is not loaded goes back to the queue while other jobs can use what
+    #: is loaded (or have earlier stages to run). Matters when the budget cannot hold the
+    #: generator and the restorer together.
+    group_jobs: bool = True
+    #: A stage's model is loaded anyway once this many jobs wait for it.
+    group_max_jobs: Annotated[int, Field(ge=1)] = 16
+    #: A job is never held back by grouping for longer than this (seconds, from its first wait).
+    group_max_wait_s: Annotated[float, Field(ge=0)] = 300.0
 
 
 class GenerationConfig(_Section):

@@ -25,6 +25,7 @@ from openeyesd.config import Config, Profile, find_config_path, load_config
 from openeyesd.errors import ConfigError
 from openeyesd.files import process_alive
 from openeyesd.gpu.backends import GpuBackends
+from openeyesd.grouping import StageGrouping
 from openeyesd.ledger import Ledger, create_ledger_engine, lease_owner_process, migrate
 from openeyesd.logs import configure_logging
 from openeyesd.pipeline import backends_in_use, stages_for
@@ -101,9 +102,11 @@ class Daemon:
         # One set of GPU models for all workers (they would not fit twice); CPU models are
         # small and not thread-safe, so each worker builds its own.
         gpu = GpuBackends(self.config) if self.config.pipeline.profile is Profile.GPU else None
+        # Shared like the models it watches: the workers take turns with one set of them.
+        grouping = None if gpu is None else StageGrouping(self.ledger, gpu)
         for slot in range(self.config.worker.concurrency):
             worker = Worker(config=self.config, ledger=self.ledger, slot=slot, stop=self.stopping,
-                            stages=lambda: stages_for(self.config, gpu))
+                            stages=lambda: stages_for(self.config, gpu), grouping=grouping)
             self.ledger.register_worker(worker.worker_id, hostname=socket.gethostname(),
                                         pid=os.getpid(), backends=backends)
             thread = threading.Thread(target=worker.run, name=f"worker-{slot}")

@@ -23,7 +23,7 @@ from openeyesd.files import atomic_write_bytes
 from openeyesd.gpu.backends import GpuBackends
 from openeyesd.ledger import Ledger
 from openeyesd.stages.assess import AssessStage
-from openeyesd.stages.base import Artifact, Stage, StageContext
+from openeyesd.stages.base import Artifact, Gate, Stage, StageContext
 from openeyesd.stages.detect import DetectStage
 from openeyesd.stages.fix import FixStage
 from openeyesd.stages.generate import GenerateStage
@@ -114,8 +114,18 @@ def run_pipeline(
             ctx.artifacts[stage.name] = artifact
             log.info("stage.reused", stage=stage.name)
             continue
+        if ctx.gate is not None:
+            _ask_gate(ctx.gate, stage, ctx)
         artifact, previous = _run_stage(stage, ctx, ledger, worker_id, hash_in, summary)
     return artifact
+
+
+def _ask_gate(gate: Gate, stage: Stage, ctx: StageContext) -> None:
+    """Before a stage that uses GPU models: the gate may park the job (``Parked``) until they
+    are loaded. Asked before the stage run is recorded: a parked job has not started it."""
+    models_needed = getattr(stage, "models_needed", None)
+    if models_needed is not None:
+        gate(stage.name, tuple(models_needed(ctx)))
 
 
 def _run_stage(

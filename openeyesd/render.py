@@ -96,6 +96,10 @@ def _render_counts(console: Console, report: Mapping[str, Any]) -> None:
         f"throughput {report['throughput_per_hour']:.0f} jobs/hour; "
         f"oldest queued: {format_age(oldest) if oldest is not None else 'none'}"
     )
+    parked = report.get("parked")
+    if parked:
+        waiting = ", ".join(f"{stage} {n}" for stage, n in sorted(parked.items()))
+        console.print(f"Parked until their stage's model is loaded (queued, by stage): {waiting}")
 
 
 def _render_running(console: Console, running: Sequence[Mapping[str, Any]]) -> None:
@@ -147,9 +151,16 @@ def render_jobs(console: Console, report: Mapping[str, Any]) -> None:
         table.add_column(name, overflow="fold")
     for job in report["jobs"]:
         table.add_row(str(job["id"]), _state(job["state"]), _cell(job["outcome"]),
-                      str(job["attempts"]), _cell(job["current_stage"]), job["relative_path"],
+                      str(job["attempts"]), _stage_cell(job), job["relative_path"],
                       format_age(job["updated_age_s"]) + " ago", _cell(job["error_kind"]))
     console.print(table)
+
+
+def _stage_cell(job: Mapping[str, Any]) -> str:
+    """The stage it is in, or for a job parked until its model is loaded, the one it waits for."""
+    if job["state"] == "queued" and job.get("next_stage"):
+        return f"parked before {job['next_stage']}"
+    return _cell(job["current_stage"])
 
 
 def render_job(console: Console, report: Mapping[str, Any]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from openeyesd.config import Config
+from openeyesd.config import Config, Profile
 from openeyesd.errors import (
     Cancelled,
     ConfigError,
@@ -34,7 +34,9 @@ from openeyesd.errors import (
     Interrupted,
     JobSkipped,
     OpenEyesError,
+    Parked,
 )
+from openeyesd.grouping import StageGrouping
 from openeyesd.ledger import (
     Ending,
     Job,
@@ -54,7 +56,10 @@ class Worker:
         self, *, config: Config, ledger: Ledger,
         stages: Sequence[Stage] | Callable[[], Sequence[Stage]], slot: int = 0,
         stop: threading.Event | None = None, rng: random.Random | None = None,
+        grouping: StageGrouping | None = None,
     ) -> None:
+        """``grouping``: shared by the daemon's workers in the GPU profile; it parks a job whose
+        next stage needs a model that is not loaded (``openeyesd.grouping``)."""
         self.config = config  # replaced by the daemon on reload; read once per job
         self.ledger = ledger
         # A factory builds the stages (and loads models) on first use, in this worker's thread;
@@ -64,6 +69,7 @@ class Worker:
         self.worker_id = worker_identity(slot)
         self.stop = stop or threading.Event()
         self.rng = rng or random.Random()
+        self.grouping = grouping
         self.current_job: Job | None = None
         self.current_ctx: StageContext | None = None
         self.paused_until: float | None = None
@@ -117,18 +123,31 @@ class Worker:
     def _claim(self, pending: Settlement | None) -> Job | None:
         """The next job, settling ``pending`` in the same transaction when there is one."""
         lease_s, work_root = self.config.worker.lease_s, str(self.config.jobs_dir)
+        prefer = self._preferred_stages()
         if pending is not None:
             try:
                 job = self.ledger.finish_and_claim(
                     pending.job.id, self.worker_id, ending=pending.ending,
-                    lease_s=lease_s, work_root=work_root,
+                    lease_s=lease_s, work_root=work_root, prefer=prefer,
                 )
             except LeaseLost:
                 pending.lost()  # nothing was written or claimed: claim on its own below
             else:
                 pending.announce()
                 return job
-        return self.ledger.claim(self.worker_id, lease_s=lease_s, work_root=work_root)
+        return self.ledger.claim(self.worker_id, lease_s=lease_s, work_root=work_root,
+                                 prefer=prefer)
+
+    def _grouping_on(self) -> StageGrouping | None:
+        """The grouping, when this config asks for it (the config may change on reload)."""
+        config = self.config
+        if config.pipeline.profile is not Profile.GPU or not config.gpu.group_jobs:
+            return None
+        return self.grouping
+
+    def _preferred_stages(self) -> tuple[str, ...]:
+        grouping = self._grouping_on()
+        return () if grouping is None else grouping.preferred_stages()
 
     def _settle(self, pending: Settlement | None) -> None:
         """Write ``pending`` on its own (no claim follows it)."""
@@ -190,6 +209,9 @@ class Worker:
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         self.current_ctx = ctx
         ctx.ledger = JobLedger(self.ledger, job, self.worker_id)
+        if (grouping := self._grouping_on()) is not None:
+            gpu = ctx.config.gpu
+            ctx.gate = lambda stage, models: grouping.check(job, stage, models, gpu)
         with self._lease_kept(job) as lease_lost:
             ctx.progress = lambda: self._progress(lease_lost)
             try:
@@ -254,6 +276,9 @@ class Worker:
         if isinstance(error, Interrupted):
             return Settlement(job, Ending.retry(error, delay_s=0, count_attempt=False), log,
                               "job.interrupted", {})
+        if isinstance(error, Parked):
+            return Settlement(job, Ending.parked(error.stage), log, "job.parked",
+                              {"stage": error.stage, "models": list(error.models)})
         if isinstance(error, Deferred):
             ending = Ending.retry(error, delay_s=error.delay_s, count_attempt=False,
                                   state=JobState.WAITING)

@@ -1,5 +1,9 @@
 """The GPU profile's generator and restorer, built once per daemon and shared by its workers.
 
+Both take turns on the generation GPU through one residency manager (``residency.py``) when
+the restorer runs on the same device; ``resident_models`` tells the worker which are loaded
+now, so it can group queued jobs by the model their next stage needs (``openeyesd.grouping``).
+
 Built on first use, not at import or start-up: a daemon whose models are still being fetched
 starts, its workers pause with the reason (``BackendUnavailable``), and ``openeyesctl doctor``
 says what to run. Every model file is verified against the registry (``openeyesd.models``)
@@ -16,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 from openeyesd import models
 from openeyesd.config import Config
 from openeyesd.errors import BackendUnavailable
+from openeyesd.gpu.keys import inpaint_key, refiner_key, restorer_key
 
 if TYPE_CHECKING:
     from openeyesd.gpu.generator import EyeInpainter
+    from openeyesd.gpu.residency import ResidencyStats
     from openeyesd.gpu.restorer import FaceRestorer
 
 
@@ -71,9 +77,45 @@ class GpuBackends:
                 with _gpu_extra_needed():
                     from openeyesd.gpu.restorer import build_restorer
 
-                self._restorer = build_restorer(self.config)
+                shared = self._residency_manager() if self._restorer_shares_device() else None
+                self._restorer = build_restorer(self.config, residency=shared)
                 self._restorer_built = True
             return self._restorer
+
+    # -- what the worker asks to group jobs by model (nothing here loads or imports torch) --
+
+    def generation_models(self) -> tuple[str, ...]:
+        """The residency names the generate stage uses for a face."""
+        names = [inpaint_key(self.config.generation.model)]
+        if self.config.generation.refiner:
+            names.append(refiner_key(self.config.generation.refiner))
+        return tuple(names)
+
+    def restoration_models(self) -> tuple[str, ...]:
+        """The residency name the restore stage uses; none when there is no restorer, or when
+        it runs on a GPU of its own (it then stays loaded and never takes turns)."""
+        model = self.config.restoration.model
+        if model == "none" or not self._restorer_shares_device():
+            return ()
+        return (restorer_key(model),)
+
+    def resident_models(self) -> frozenset[str]:
+        """Names of the models on the GPU now (empty before the first model was built)."""
+        stats = self.residency_stats()
+        if stats is None:
+            return frozenset()
+        return frozenset(m.name for m in stats.models if m.location == "device")
+
+    def residency_stats(self) -> ResidencyStats | None:
+        """Where each model is and how often it was loaded; None before any was built."""
+        residency = self._residency
+        return None if residency is None else residency.stats()
+
+    def _restorer_shares_device(self) -> bool:
+        """Compared as written in the config: "cuda" and "cuda:0" count as two devices, which
+        only means the restorer keeps its own place outside the budget, as it did before."""
+        gpu = self.config.gpu
+        return (gpu.restoration_device or gpu.device) == (gpu.generation_device or gpu.device)
 
     def _residency_manager(self) -> Any:
         if self._residency is None:

@@ -58,6 +58,7 @@ from openeyesd.eyes.quality import measure_seam
 from openeyesd.eyes.transfer import apply as apply_results
 from openeyesd.eyes.transfer import transfer_face
 from openeyesd.eyes.types import Face, Side
+from openeyesd.gpu.keys import inpaint_key, refiner_key
 from openeyesd.gpu.residency import ResidencyManager, budget_bytes
 from openeyesd.gpu.torch_utils import (
     OOM_ERRORS,
@@ -804,7 +805,7 @@ def _refiner_ref(models_dir: Path, name: str) -> ModelRef:
         )
     if pipeline_kind_name(path) != "StableDiffusionXLImg2ImgPipeline":
         raise BackendUnavailable(f"refiner {name!r} in {path} is not an SDXL img2img checkpoint")
-    return ModelRef(name, path, f"refiner:{name}")
+    return ModelRef(name, path, refiner_key(name))
 
 
 def pipeline_kind_name(path: Path) -> str:
@@ -834,7 +835,8 @@ def build_eye_inpainter(
             f"generation.scheduler {generation.scheduler!r} is unknown; expected one of "
             f"{', '.join(SCHEDULERS)}"
         )
-    base = ModelRef(generation.model, models_dir / generation.model, f"inpaint:{generation.model}")
+    base = ModelRef(generation.model, models_dir / generation.model,
+                    inpaint_key(generation.model))
     kind = pipeline_kind(base.path, base.name)
     refiner = _refiner_ref(models_dir, generation.refiner) if generation.refiner else None
     if refiner is not None and kind != "xl":

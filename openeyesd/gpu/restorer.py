@@ -21,6 +21,11 @@ happens here: missing files raise ``BackendUnavailable`` with the ``openeyesctl 
 command, and CodeFormer is refused unless ``models.allow_non_commercial`` is set (its weights
 are under the non-commercial S-Lab licence).
 
+Placement: on the generator's device the network is held by the same residency manager
+(``build_restorer(config, residency=...)``), so it takes turns with the inpainter within the
+VRAM budget (and the worker can group jobs by which of them is loaded); on a device of its own
+(``gpu.restoration_device``) it stays loaded.
+
 Precision: both networks are run in bfloat16 where ``gpu.precision`` asks for fp16. Their
 reference ports (spandrel) mark them as not supporting fp16 but supporting bf16, whose range
 is float32's; where the GPU has no bf16 they run in float32. CPU always runs float32.
@@ -30,7 +35,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +51,16 @@ from openeyesd.errors import BackendUnavailable, ConfigError, OutOfMemory
 from openeyesd.eyes.types import Face
 from openeyesd.gpu.arch.codeformer import CodeFormer, CodeFormerSpec
 from openeyesd.gpu.arch.gfpgan import GFPGANClean, GFPGANSpec
-from openeyesd.gpu.torch_utils import OOM_ERRORS, free_memory, resolve_device, timed, torch_dtype
+from openeyesd.gpu.keys import restorer_key
+from openeyesd.gpu.residency import ResidencyManager
+from openeyesd.gpu.torch_utils import (
+    OOM_ERRORS,
+    free_memory,
+    resolve_device,
+    tensor_bytes,
+    timed,
+    torch_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +201,13 @@ def choose_dtype(precision: Precision | str, device: torch.device) -> torch.dtyp
     return dtype
 
 
-def build_restorer(config: Config) -> FaceRestorer | None:
+def build_restorer(
+    config: Config, *, residency: ResidencyManager | None = None
+) -> FaceRestorer | None:
     """The restorer ``config.restoration`` asks for on ``gpu.restoration_device`` (else
-    ``gpu.device``), or None for ``model = "none"``."""
+    ``gpu.device``), or None for ``model = "none"``. ``residency``: the manager that holds
+    the generator's models on the same device; the restorer then takes turns with them within
+    the VRAM budget instead of staying on the card outside it."""
     name = config.restoration.model
     if name == "none":
         return None
@@ -204,10 +223,25 @@ def build_restorer(config: Config) -> FaceRestorer | None:
         device = resolve_device(config.gpu.restoration_device or config.gpu.device)
     except RuntimeError as exc:
         raise BackendUnavailable(f"face restorer {name!r}: {exc}") from exc
+    # Read now even when the residency manager holds it: a bad file stops the backend at
+    # build time, with the fetch command, rather than in the middle of a photo.
     network = load_network(name, config.models.dir)
+    models_dir = config.models.dir
     return FaceRestorer(network, name=name, device=device,
                         dtype=choose_dtype(config.gpu.precision, device),
-                        fidelity=config.restoration.fidelity)
+                        fidelity=config.restoration.fidelity, residency=residency,
+                        reload=lambda: load_network(name, models_dir))
+
+
+def _first_then(first: nn.Module, load: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """A residency loader that hands over ``first`` (read at build time) on its first call, and
+    ``load``s from disk on later ones (after the manager dropped the network)."""
+    spare = [first]
+
+    def loader() -> nn.Module:
+        return spare.pop() if spare else load()
+
+    return loader
 
 
 # --- geometry ----------------------------------------------------------------------------------
@@ -294,10 +328,18 @@ class _Aligned:
 
 
 class FaceRestorer:
-    """Restores every face of a photo with one network call (see the module docstring)."""
+    """Restores every face of a photo with one network call (see the module docstring).
+
+    Without ``residency`` the network stays on ``device`` for the restorer's life. With it,
+    the residency manager holds the network under ``residency_key`` and each call acquires it
+    (loading it, and evicting idle generator models by the VRAM budget, when it is not on the
+    device); ``reload`` reads it again once the manager has dropped it.
+    """
 
     def __init__(self, network: nn.Module, *, name: str, device: torch.device,
-                 dtype: torch.dtype, fidelity: float) -> None:
+                 dtype: torch.dtype, fidelity: float,
+                 residency: ResidencyManager | None = None,
+                 reload: Callable[[], nn.Module] | None = None) -> None:
         if not isinstance(network, CodeFormer | GFPGANClean):
             raise TypeError(f"unsupported restoration network {type(network).__name__}")
         self.name = name
@@ -305,9 +347,39 @@ class FaceRestorer:
         self.dtype = dtype
         #: CodeFormer's w; GFPGAN has no such control.
         self.fidelity = fidelity
-        self.network = network.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.size = network.spec.size if isinstance(network, CodeFormer) else network.spec.out_size
         self._template = FFHQ_TEMPLATE_512 * (self.size / 512.0)
+        self.residency = residency
+        self.residency_key = restorer_key(name)
+        prepared = self._prepared(network)
+        #: The network on ``device``; None when the residency manager holds it.
+        self.network: nn.Module | None = None
+        if residency is None:
+            self.network = prepared.to(device=device)
+            return
+        if reload is None:
+            raise ValueError("a restorer held by a residency manager needs a reload function")
+        # estimate_bytes lets the manager make room before the first load, not after it.
+        residency.register(self.residency_key,
+                           _first_then(prepared, lambda: self._prepared(reload())),
+                           estimate_bytes=tensor_bytes(prepared))
+
+    def _prepared(self, network: nn.Module) -> nn.Module:
+        return network.to(dtype=self.dtype).eval().requires_grad_(False)
+
+    @contextmanager
+    def _network(self, timings: dict[str, float]) -> Iterator[nn.Module]:
+        """The network on the device for one call (timed as "load" when it is acquired)."""
+        if self.residency is None:
+            assert self.network is not None
+            yield self.network
+            return
+        with timed(timings, "load", self.device):
+            network = self.residency.acquire(self.residency_key)
+        try:
+            yield network
+        finally:
+            self.residency.release(self.residency_key)
 
     def restore(self, image_rgb: np.ndarray, faces: Sequence[Face]) -> RestoreResult:
         """``image_rgb``: HxWx3 uint8. Returns a new image; the input is not modified."""
@@ -320,8 +392,8 @@ class FaceRestorer:
             return RestoreResult(image_rgb.copy(), (), {"total": 0.0}, (), 0, self.name)
         with timed(timings, "align", self.device):
             aligned = self._align(image_rgb, faces)
-        with timed(timings, "forward", self.device):
-            restored, sizes, retries = self._run_batched(aligned.crops)
+        with self._network(timings) as network, timed(timings, "forward", self.device):
+            restored, sizes, retries = self._run_batched(network, aligned.crops)
         with timed(timings, "paste", self.device):
             out = image_rgb.copy()
             results = tuple(
@@ -345,19 +417,21 @@ class FaceRestorer:
             scales.append(float(1.0 / np.sqrt(abs(np.linalg.det(matrix[:, :2])))))
         return _Aligned(np.stack(crops), transforms, scales)
 
-    def _forward(self, crops: np.ndarray) -> np.ndarray:
+    def _forward(self, network: nn.Module, crops: np.ndarray) -> np.ndarray:
         """uint8 RGB crops -> restored uint8 RGB crops, one network call."""
         batch = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2)
         batch = (batch.to(self.dtype) / 127.5 - 1.0).contiguous()
         with torch.inference_mode():
-            if isinstance(self.network, CodeFormer):
-                out = self.network(batch, w=self.fidelity)
+            if isinstance(network, CodeFormer):
+                out = network(batch, w=self.fidelity)
             else:
-                out = self.network(batch)
+                out = network(batch)
         out = ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return out.permute(0, 2, 3, 1).cpu().numpy()
 
-    def _run_batched(self, crops: np.ndarray) -> tuple[np.ndarray, list[int], int]:
+    def _run_batched(
+        self, network: nn.Module, crops: np.ndarray
+    ) -> tuple[np.ndarray, list[int], int]:
         """All crops, as few calls as memory allows: start with one batch of all faces,
         halve the batch after an out-of-memory error and go on from the failed chunk."""
         batch, done, sizes, retries = len(crops), 0, [], 0
@@ -366,7 +440,7 @@ class FaceRestorer:
             chunk = crops[done:done + batch]
             failed = False
             try:
-                outputs.append(self._forward(chunk))
+                outputs.append(self._forward(network, chunk))
             except OOM_ERRORS:
                 failed = True
             if not failed:

@@ -34,6 +34,11 @@ Rules:
    lease lost, and it keeps the worker's watchdog fed.
 6. **Nothing pretends.** A stage that has nothing to do (no faces) says so in its artifact; a
    stage that is not part of this build is not in ``STAGES`` at all.
+7. **GPU models are declared.** A stage that uses models held by the GPU residency manager
+   also has ``models_needed(ctx) -> tuple[str, ...]``: the residency names it will use for
+   THIS job, empty when it will use none (no face to generate). It reads only what ``run``
+   would read and loads nothing. The pipeline asks ``ctx.gate`` with them before the stage
+   runs; the gate may park the job (``Parked``) until those models are loaded.
 
 Expensive in-memory values (the decoded photo) may be shared between stages of one run through
 ``ctx.memo``; they must always be re-creatable from the artifacts, because a resumed job starts
@@ -84,6 +89,11 @@ class JobLedger:
         return self._ledger.session_frames(self._job.session_folder)
 
 
+#: ``gate(stage_name, models)``: returns to let the stage run now, raises ``Parked`` to send
+#: the job back to the queue until ``models`` are loaded (``openeyesd.grouping``).
+Gate = Callable[[str, tuple[str, ...]], None]
+
+
 @dataclass
 class StageContext:
     job: Job
@@ -99,6 +109,9 @@ class StageContext:
     memo: dict[str, Any] = field(default_factory=dict)
     #: Durations of the stages that ran in this attempt, for the sidecar.
     timings: dict[str, float] = field(default_factory=dict)
+    #: Asked before a stage that declares ``models_needed`` runs. Set by the worker in the GPU
+    #: profile with ``gpu.group_jobs``; None otherwise (no stage is ever held back).
+    gate: Gate | None = None
 
     def job_ledger(self) -> JobLedger:
         if self.ledger is None:

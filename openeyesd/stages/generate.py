@@ -37,9 +37,15 @@ class GenerateStage:
         return {"generation": config.generation.model_dump(mode="json"),
                 "precision": str(config.gpu.precision), "blend": str(config.eyes.blend)}
 
+    def models_needed(self, ctx: StageContext) -> tuple[str, ...]:
+        """The inpainter's models when a face of this photo has no donor; else none."""
+        if not _faces_to_generate(ctx.artifact("fix")["faces"]):
+            return ()
+        return self.gpu.generation_models()
+
     def run(self, ctx: StageContext) -> Artifact:
         faces = json.loads(json.dumps(ctx.artifact("fix")["faces"]))
-        targets = [i for i, face in enumerate(faces) if face.get("outcome") == "no_donor"]
+        targets = _faces_to_generate(faces)
         if not targets:
             return {"patches": [], "faces": faces}
         inpainter = self.gpu.inpainter()
@@ -86,6 +92,11 @@ class GenerateStage:
                 check.details["variation"] = variation.index
                 return candidate, check
         return None, check
+
+
+def _faces_to_generate(faces: list[dict[str, Any]]) -> list[int]:
+    """Indices of the faces the plan found no donor for: only those are generated."""
+    return [i for i, face in enumerate(faces) if face.get("outcome") == "no_donor"]
 
 
 def _describe(result: Any, kept: bool) -> dict[str, Any]:

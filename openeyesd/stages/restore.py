@@ -30,9 +30,15 @@ class RestoreStage:
         return {"restoration": config.restoration.model_dump(mode="json"),
                 "precision": str(config.gpu.precision)}
 
+    def models_needed(self, ctx: StageContext) -> tuple[str, ...]:
+        """The restorer's model when a face of this photo was generated; else none."""
+        if not _faces_to_restore(ctx.artifact("generate")["faces"]):
+            return ()
+        return self.gpu.restoration_models()
+
     def run(self, ctx: StageContext) -> Artifact:
         faces = json.loads(json.dumps(ctx.artifact("generate")["faces"]))
-        targets = [i for i, face in enumerate(faces) if face.get("outcome") == "generated"]
+        targets = _faces_to_restore(faces)
         restorer = self.gpu.restorer() if targets else None
         if restorer is None:
             return {"patches": [], "faces": faces}
@@ -50,3 +56,8 @@ class RestoreStage:
             x0, y0, x1, y1 = restored.box
             kept.append(Patch(restored.box, result.image[y0:y1, x0:x1]))
         return patch_artifact(ctx, self.name, before, kept, changed, faces)
+
+
+def _faces_to_restore(faces: list[dict[str, Any]]) -> list[int]:
+    """Indices of the faces whose eyes were generated: donor transplants are left alone."""
+    return [i for i, face in enumerate(faces) if face.get("outcome") == "generated"]

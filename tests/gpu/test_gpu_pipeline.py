@@ -18,8 +18,15 @@ from openeyesd.config import Config  # noqa: E402
 from openeyesd.files import sidecar_path  # noqa: E402
 from openeyesd.gpu.backends import GpuBackends  # noqa: E402
 from openeyesd.gpu.restorer import RESTORERS  # noqa: E402
+from openeyesd.grouping import StageGrouping  # noqa: E402
 from openeyesd.intake import enqueue_file  # noqa: E402
-from openeyesd.ledger import FINAL_STATES, Ledger, create_ledger_engine, migrate  # noqa: E402
+from openeyesd.ledger import (  # noqa: E402
+    FINAL_STATES,
+    JobState,
+    Ledger,
+    create_ledger_engine,
+    migrate,
+)
 from openeyesd.pipeline import stages_for  # noqa: E402
 from openeyesd.stages import generate  # noqa: E402
 from openeyesd.stages.fix import Check  # noqa: E402
@@ -104,6 +111,38 @@ def test_a_passing_variation_is_restored_and_written(
     (job,) = ledger.list_jobs()
     assert job.outcome == "fixed"
     assert (gpu_config.output.path / "shut.jpg").read_bytes() != shut.read_bytes()
+
+
+def test_grouped_jobs_load_each_model_once_when_the_budget_holds_only_one(
+    gpu_config: Config, frames: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real stages, residency manager and restorer: the tiny inpainter (~6.9 MB) and the
+    tiny GFPGAN (~1 MB) do not fit a 7.5 MB budget together. Two photos that both need both
+    models load each one once (ungrouped: twice each, one swap per stage per photo)."""
+    monkeypatch.setattr(generate, "verify_fixed_face",
+                        lambda *args, **kwargs: Check(True, "accepted for the test", {}))
+    config = gpu_config.model_copy(update={"gpu": gpu_config.gpu.model_copy(
+        update={"vram_budget_gb": 7.5e6 / 2**30})})
+    engine = create_ledger_engine(config.ledger_url)
+    migrate.upgrade(engine)
+    ledger = Ledger(engine, pipeline_version=config.pipeline.version)
+    for folder, taken in (("a", "2026:11:20 12:00:00"), ("b", "2026:11:20 13:00:00")):
+        photo = save_frame(config.watch[0].path / folder / "shut.jpg", frames["shut"], taken)
+        enqueue_file(ledger, photo, watch_root=config.watch[0].path,
+                     pipeline_version=config.pipeline.version)
+    gpu = GpuBackends(config, verifier=lambda _config, _names: [])
+    worker = Worker(config=config, ledger=ledger, stages=lambda: stages_for(config, gpu),
+                    grouping=StageGrouping(ledger, gpu))
+    while worker.run_once():
+        pass
+    jobs = ledger.list_jobs()
+    assert [(job.state, job.outcome, job.attempts) for job in jobs] == [
+        (JobState.DONE, "fixed", 1)] * 2
+    stats = gpu.residency_stats()
+    assert stats is not None
+    loads = {model.name: model.loads for model in stats.models}
+    assert loads == {"inpaint:tiny-inpaint": 1, "restore:gfpgan-1.4": 1}
+    assert gpu.resident_models() == {"restore:gfpgan-1.4"}
 
 
 def test_a_missing_gpu_extra_is_an_infrastructure_error(

@@ -234,6 +234,35 @@ def test_no_faces_no_forward(gfpgan: FaceRestorer,
 # --- loading ---------------------------------------------------------------------------------
 
 
+def test_a_restorer_held_by_the_residency_manager_takes_turns_with_the_generator(
+    gfpgan: FaceRestorer, restorer_config: Callable[..., Config],
+    two_faces: tuple[np.ndarray, list[Face]],
+) -> None:
+    """Within a budget that holds the restorer or a generator-sized model but not both, each
+    restore evicts the idle generator, and a restorer the manager dropped is read from its
+    file again: same pixels every time."""
+    from openeyesd.gpu.residency import ResidencyManager
+    from openeyesd.gpu.torch_utils import tensor_bytes
+
+    image, faces = two_faces
+    expected = gfpgan.restore(image, faces).image
+    size = tensor_bytes(gfpgan.network)
+    manager = ResidencyManager(size * 2, "cpu")
+    # 8 float32 outputs per input: 32 bytes per input, 1.5 x the restorer in all.
+    manager.register("inpaint:big", lambda: torch.nn.Linear(3 * size // 64, 8, bias=False))
+    held = build_restorer(restorer_config("gfpgan-1.4"), residency=manager)
+    assert held is not None and held.network is None
+    for _ in range(2):
+        with manager.use("inpaint:big"):
+            pass
+        result = held.restore(image, faces)
+        assert np.array_equal(result.image, expected) and "load" in result.timings
+    models = {m.name: m for m in manager.stats().models}
+    assert models["restore:gfpgan-1.4"].loads == 2  # evicted by the generator, read again
+    assert models["restore:gfpgan-1.4"].location == "device" and models["inpaint:big"].loads == 2
+    assert models["restore:gfpgan-1.4"].in_use == 0
+
+
 def test_missing_weights_name_the_fetch_command(
     restorer_config: Callable[..., Config],
 ) -> None:

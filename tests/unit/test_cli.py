@@ -19,7 +19,14 @@ from openeyesd.cli import main
 from openeyesd.config import Config, load_config
 from openeyesd.errors import CorruptImage
 from openeyesd.files import SIDECAR_SUFFIX
-from openeyesd.ledger import JobState, Ledger, create_ledger_engine, migrate, utcnow
+from openeyesd.ledger import (
+    Ending,
+    JobState,
+    Ledger,
+    create_ledger_engine,
+    migrate,
+    utcnow,
+)
 from openeyesd.ledger.schema import workers
 
 CONFIG = """\
@@ -245,6 +252,25 @@ def test_jobs_show_lists_stage_runs(
 
     code, out, _ = env.run(capsys, "jobs", "show", str(job_id))
     assert "1.50s" in out and "abababababab" in out and "bad bytes" in out
+
+
+def test_a_job_parked_for_its_model_shows_the_stage_it_waits_for(
+    env: Env, populated: dict[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = env.ledger.claim("host:1", lease_s=60, work_root=str(env.config.jobs_dir))
+    assert job is not None and job.id == populated["queued"]
+    env.ledger.settle(job.id, "host:1", Ending.parked("generate"))
+
+    code, report = env.run_json(capsys, "status")
+    assert code == 0 and report["parked"] == {"generate": 1}
+    code, out, _ = env.run(capsys, "status")
+    assert "Parked until their stage's model is loaded (queued, by stage): generate 1" in out
+    code, out, _ = env.run(capsys, "jobs", "--state", "queued")
+    assert "parked before generate" in out
+    code, report = env.run_json(capsys, "jobs", "show", str(job.id))
+    assert report["job"]["next_stage"] == "generate" and report["job"]["parked_at"]
+    code, out, _ = env.run(capsys, "jobs", "show", str(job.id))
+    assert "next_stage" in out and "generate" in out
 
 
 def test_jobs_show_unknown_id_exits_1(env: Env, capsys: pytest.CaptureFixture[str]) -> None:

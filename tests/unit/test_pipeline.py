@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from openeyesd.config import Config
-from openeyesd.errors import Interrupted
+from openeyesd.errors import Interrupted, Parked
 from openeyesd.ledger import Ledger
 from openeyesd.pipeline import run_pipeline
 from openeyesd.stages.base import StageContext
@@ -71,3 +71,35 @@ def test_a_torn_summary_file_means_the_stage_runs_again(config: Config, ledger: 
     (ctx.work_dir / "one.json").write_text('{"input_hash": ')
     run_pipeline([stage], StageContext(ctx.job, config, ctx.work_dir), ledger, "w")
     assert len(stage.calls) == 2
+
+
+class GpuStage(RecordingStage):
+    """Declares a model (rule 7 of the stage contract)."""
+
+    def models_needed(self, ctx: StageContext) -> tuple[str, ...]:
+        return ("inpaint:m",)
+
+
+def test_the_gate_is_asked_before_a_model_stage_runs_and_may_park_the_job(
+    config: Config, ledger: Ledger
+) -> None:
+    asked: list[tuple[str, tuple[str, ...]]] = []
+
+    def park(stage: str, models: tuple[str, ...]) -> None:
+        asked.append((stage, models))
+        raise Parked(stage, models)
+
+    cpu, gpu = RecordingStage("one"), GpuStage("gen")
+    ctx = claimed_context(ledger, config)
+    ctx.gate = park
+    with pytest.raises(Parked):
+        run_pipeline([cpu, gpu], ctx, ledger, "w")
+    assert asked == [("gen", ("inpaint:m",))] and gpu.calls == []
+    # A parked job has not started the stage: no stage run is recorded for it.
+    assert [run.stage for run in ledger.stage_runs(ctx.job.id)] == ["one"]
+    resumed = StageContext(ctx.job, config, ctx.work_dir, gate=lambda s, m: asked.append((s, m)))
+    run_pipeline([cpu, gpu], resumed, ledger, "w")
+    assert len(gpu.calls) == 1 and len(asked) == 2
+    again = StageContext(ctx.job, config, ctx.work_dir, gate=park)
+    run_pipeline([cpu, gpu], again, ledger, "w")  # every artifact reused: the gate is not asked
+    assert len(asked) == 2
