@@ -325,7 +325,7 @@ def transplant(attempt: Attempt, choices: list[DonorChoice], donors: list[DonorF
     seams = {r.side: float(r.seam) for r in results}
     check = verify_fixed_face(toolkit, candidate, target, list(seams), seams,
                               baselines=baselines,  # type: ignore[arg-type]
-                              donor_openings=donor_openings)
+                              donor_openings=donor_openings, before=after)
     attempt.outcome = "fixed" if check.ok else "check_failed"
     attempt.reason = check.reason
     attempt.opening_vs_donor = check.details.get("opening_vs_donor", {})

@@ -135,6 +135,20 @@ def measure_seam(
     return SeamReport(colour=colour, edge=edge)
 
 
+def texture_ratio(before: np.ndarray, after: np.ndarray) -> float | None:
+    """How much fine detail the changed pixels carry after the change, relative to before:
+    the mean Lab gradient over the pixels that differ, after / before. None when almost
+    nothing changed. A real eye put over a closed one keeps the detail of a face photographed
+    the same way; noise (a model that produced garbage) raises it, a smear or flat patch lowers
+    it, and neither shows in the seam or the lid opening."""
+    changed = np.any(before != after, axis=2)
+    if int(changed.sum()) < 16:
+        return None
+    grad_before = float(_gradient(_lab(before))[changed].mean())
+    grad_after = float(_gradient(_lab(after))[changed].mean())
+    return (grad_after + _GRADIENT_FLOOR) / (grad_before + _GRADIENT_FLOOR)
+
+
 def seam_score(
     before: np.ndarray, after: np.ndarray, mask: np.ndarray, *, band: int | None = None
 ) -> float:

@@ -81,13 +81,15 @@ class GenerateStage:
         checked on the face's crop of the photo with it pasted, not on a copy of the frame."""
         order = sorted(result.variations, key=lambda v: v.score.score, reverse=True)
         check = Check(False, "no variation was generated", {})
+        unchanged, _ = face_region(before, kept, face)
         for variation in order:
             candidate = Patch(result.box, result.candidates[variation.index])
             crop, origin = face_region(before, [*kept, candidate], face)
             seam = variation.score.seam if variation.score.seam is not None else 0.0
             check = verify_fixed_face(self.toolkit, crop, face, sides,
                                       {side: seam for side in sides},
-                                      baselines=summary.get("burst_baselines"), origin=origin)
+                                      baselines=summary.get("burst_baselines"), origin=origin,
+                                      before=unchanged)
             if check.ok:
                 check.details["variation"] = variation.index
                 return candidate, check

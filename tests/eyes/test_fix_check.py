@@ -71,6 +71,37 @@ def test_an_eye_opened_much_less_than_its_donors_is_not_a_fix(
     assert half.reason.startswith("the left eye opened only 50% as wide as the donor's")
 
 
+def _eye_box(face: Face) -> tuple[slice, slice]:
+    contour = face.eyes["left"].contour
+    (x0, y0), (x1, y1) = contour.min(axis=0).astype(int) - 4, contour.max(axis=0).astype(int) + 4
+    return slice(y0, y1), slice(x0, x1)
+
+
+@pytest.mark.parametrize(("replace_eye", "verdict"), [
+    ("noise", "noise or artefacts"), ("flat", "smeared or flat"), ("faint", None)])
+def test_new_eye_pixels_must_carry_a_photographs_detail(
+    toolkit: EyeToolkit, astronaut: np.ndarray, face: Face, replace_eye: str,
+    verdict: str | None,
+) -> None:
+    rows, cols = _eye_box(face)
+    changed = astronaut.copy()
+    patch = changed[rows, cols]
+    if replace_eye == "noise":
+        changed[rows, cols] = np.random.default_rng(0).integers(0, 256, patch.shape)
+    elif replace_eye == "flat":
+        changed[rows, cols] = patch.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+    else:  # a faint tint: the same eye, photographed a shade warmer
+        changed[rows, cols] = np.clip(patch.astype(int) + (6, 3, 0), 0, 255).astype(np.uint8)
+    crop, origin = _crop(changed, face)
+    before, _ = _crop(astronaut, face)
+    check = verify_fixed_face(toolkit, crop, face, ["left"], {}, origin=origin, before=before)
+    ratio = check.details["texture_ratio"]
+    if verdict is None:
+        assert 0.65 <= ratio <= 1.9
+    else:
+        assert not check.ok and verdict in check.reason, (ratio, check.reason)
+
+
 def test_a_face_that_is_gone_is_not_found_again(toolkit: EyeToolkit, astronaut: np.ndarray,
                                                 face: Face) -> None:
     wiped = astronaut.copy()
