@@ -24,7 +24,12 @@ import structlog
 
 from openeyesd import __version__
 from openeyesd.config import Config, OriginalsAction
-from openeyesd.files import remove_orphaned_temp_files, sha256_file, sidecar_path
+from openeyesd.files import (
+    atomic_write_bytes,
+    remove_orphaned_temp_files,
+    sha256_file,
+    sidecar_path,
+)
 from openeyesd.imageio import write_json, write_output
 from openeyesd.stages.base import Artifact, StageContext
 from openeyesd.stages.ingest import load_ingested
@@ -49,7 +54,7 @@ class WriteStage:
         outcome = _outcome(faces, patches, eye_stages)
         if not patches and not ctx.config.output.copy_unchanged:
             return {"outcome": outcome, "output_path": None, "written": False}
-        output = choose_output_path(ctx.config, ctx.job.id, ctx.job.relative_path)
+        output = _claimed_output_path(ctx)
         output.parent.mkdir(parents=True, exist_ok=True)
         if ctx.job.attempts > 1:
             # An earlier attempt may have died mid-write (kill -9, power cut) and left its
@@ -69,14 +74,37 @@ class WriteStage:
                 "output_sha256": sidecar["output"]["sha256"]}
 
 
-def choose_output_path(config: Config, job_id: int, relative_path: str) -> Path:
+def _claimed_output_path(ctx: StageContext) -> Path:
+    """Where this job's photo goes, chosen once and recorded in its work directory before
+    anything is written. A kill between the photo and its sidecar leaves a photo whose owner
+    the sidecar cannot tell; the resumed attempt must replace that file, not take a second
+    name beside it (and without sidecars there is no other record of ownership)."""
+    record = ctx.stage_dir("write") / "output_path.json"
+    preferred = _preferred_output_path(ctx.config, ctx.job.relative_path)
+    try:
+        claimed = json.loads(record.read_text(encoding="utf-8"))
+        if claimed["preferred"] == str(preferred):  # the output settings did not change since
+            return Path(claimed["path"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        pass
+    output = choose_output_path(ctx.config, ctx.job.id, ctx.job.relative_path)
+    atomic_write_bytes(record, json.dumps({"preferred": str(preferred),
+                                           "path": str(output)}).encode())
+    return output
+
+
+def _preferred_output_path(config: Config, relative_path: str) -> Path:
     relative = PurePath(relative_path)
     name = config.output.naming.format(stem=relative.stem, suffix=relative.suffix)
-    preferred = config.output.path / relative.parent / name
+    return config.output.path / relative.parent / name
+
+
+def choose_output_path(config: Config, job_id: int, relative_path: str) -> Path:
+    preferred = _preferred_output_path(config, relative_path)
     owner = _output_owner(preferred)
     if owner is None or owner == job_id:
         return preferred
-    return preferred.with_name(f"{Path(name).stem}.job{job_id}{relative.suffix}")
+    return preferred.with_name(f"{preferred.stem}.job{job_id}{PurePath(relative_path).suffix}")
 
 
 def _output_owner(output: Path) -> int | None:

@@ -93,3 +93,47 @@ def test_a_resumed_job_sweeps_the_temp_file_its_killed_attempt_left(config: Conf
     assert job.state is JobState.DONE and job.attempts == 2
     assert sorted(p.name for p in (config.output.path / "a").iterdir()) == [
         "photo.jpg", "photo.jpg.openeyes.json"]
+
+
+class _Killed(Exception):
+    """Stands in for kill -9 at one exact point of the write stage."""
+
+
+def test_a_write_cut_off_before_its_sidecar_resumes_into_the_same_output(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after the photo was written but before its sidecar: the photo's owner cannot be
+    read from a sidecar, yet the resumed attempt replaces it instead of writing a second one
+    (``photo.job1.jpg``) beside it."""
+    from openeyesd.pipeline import run_pipeline
+    from openeyesd.stages import write
+    from openeyesd.stages.base import JobLedger, StageContext
+
+    source = config.watch[0].path / "photo.jpg"
+    Image.fromarray(np.zeros((60, 80, 3), np.uint8)).save(source)
+    engine = create_ledger_engine(config.ledger_url)
+    migrate.upgrade(engine)
+    ledger = Ledger(engine, pipeline_version=config.pipeline.version)
+    enqueue_file(ledger, source, watch_root=config.watch[0].path,
+                 pipeline_version=config.pipeline.version)
+    job = ledger.claim("w", lease_s=30, work_root=str(config.jobs_dir))
+    assert job is not None and job.work_dir is not None
+    stages = stages_for(config)
+
+    def context() -> StageContext:
+        ctx = StageContext(job=job, config=config, work_dir=Path(job.work_dir))
+        ctx.ledger = JobLedger(ledger, job, "w")
+        return ctx
+
+    def killed(*_args: object, **_kwargs: object) -> None:
+        raise _Killed
+
+    monkeypatch.setattr(write, "write_json", killed)
+    with pytest.raises(_Killed):
+        run_pipeline(stages, context(), ledger, "w")
+    assert sorted(p.name for p in config.output.path.iterdir()) == ["photo.jpg"]
+    monkeypatch.undo()
+    result = run_pipeline(stages, context(), ledger, "w")
+    assert result["output_path"] == str(config.output.path / "photo.jpg")
+    assert sorted(p.name for p in config.output.path.iterdir()) == [
+        "photo.jpg", "photo.jpg.openeyes.json"]
