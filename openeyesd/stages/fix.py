@@ -254,14 +254,18 @@ def verify_fixed_face(
     toolkit: EyeToolkit, after: np.ndarray, target: Face, sides: list[str],
     seams: dict[str, float], *, baselines: dict[str, float | None] | None = None,
     origin: tuple[int, int] = (0, 0), donor_openings: dict[str, float] | None = None,
-    before: np.ndarray | None = None,
+    before: np.ndarray | None = None, identity_limit: float | None = None,
 ) -> Check:
     """Landmarks and the closed-eye test on the changed face, and the seam scores: the eyes
     we changed must read open (against the person's burst baselines, the rule that found
     them closed) and no seam may be visible. ``after`` is the changed photo, or a crop of it
     holding ``face_box(target, ...)`` whose top-left pixel lies at ``origin`` in the photo
     (see ``face_region``): only the face box is looked at either way. ``before`` is the same
-    area before the change; with it, the new pixels' fine detail is compared with the old."""
+    area before the change; with it, the new pixels' fine detail is compared with the old.
+    With ``identity_limit`` the changed face's identity descriptor must stay that close to
+    the target's own: eyes that were not photographed (generated) must not make the person
+    look like someone else. A donor transplant needs no such test: its donor was chosen as
+    this person by the same descriptor."""
     details: dict[str, Any] = {"seam": {side: round(value, 3) for side, value in seams.items()}}
     if any(value > SEAM_THRESHOLD for value in seams.values()):
         return Check(False, "the seam around the new eye would be visible", details)
@@ -290,7 +294,27 @@ def verify_fixed_face(
         side, ratio = min(half_open.items(), key=lambda kv: kv[1])
         return Check(False, f"the {side} eye opened only {ratio:.0%} as wide as the donor's "
                      f"(at least {MIN_OPENING_VS_DONOR:.0%} expected)", details)
+    if identity_limit is not None and (problem := _identity_problem(
+            toolkit, crop, found, target, identity_limit, details)):
+        return Check(False, problem, details)
     return Check(True, "eyes read open after the fix; seam not visible", details)
+
+
+def _identity_problem(
+    toolkit: EyeToolkit, crop: np.ndarray, found: Face, target: Face, limit: float,
+    details: dict[str, Any],
+) -> str | None:
+    """Why the changed face no longer reads as the same person, or None; records the
+    distance. Without the target's own descriptor there is nothing to compare with."""
+    if target.descriptor is None:
+        return None
+    distance = toolkit.identity.distance(toolkit.identity.describe(crop, found),
+                                         target.descriptor)
+    details["identity_distance"] = round(distance, 3)
+    if distance < limit:
+        return None
+    return (f"the face no longer reads as the same person after the change (identity "
+            f"distance {distance:.2f}, at most {limit:.2f} allowed)")
 
 
 def _texture_problem(

@@ -3,7 +3,8 @@
 Runs after ``fix``: faces that got a donor keep the person's real eyes; only faces the plan
 marked ``no_donor`` are generated. The variations are tried best score first, and the first
 that passes the same check as a donor transplant (the changed eyes read open against the
-person's burst baselines, the seam is not visible) is kept. None passing: the face keeps its
+person's burst baselines, the seam is not visible) and still reads as the same person (the
+identity descriptor, as donors are matched) is kept. None passing: the face keeps its
 pixels and is marked ``needs_review``. Seeds, scores and phase timings go to the sidecar.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from openeyesd.config import Config
 from openeyesd.eyes.analysis import EyeToolkit
+from openeyesd.eyes.identity import SAME_PERSON_DISTANCE
 from openeyesd.eyes.types import SIDES, Face
 from openeyesd.gpu.backends import GpuBackends
 from openeyesd.imageio import Patch
@@ -89,7 +91,7 @@ class GenerateStage:
             check = verify_fixed_face(self.toolkit, crop, face, sides,
                                       {side: seam for side in sides},
                                       baselines=summary.get("burst_baselines"), origin=origin,
-                                      before=unchanged)
+                                      before=unchanged, identity_limit=SAME_PERSON_DISTANCE)
             if check.ok:
                 check.details["variation"] = variation.index
                 return candidate, check

@@ -4,6 +4,8 @@ is gone."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -128,3 +130,33 @@ def test_a_backend_without_refine_is_searched(astronaut: np.ndarray, face: Face)
     crop, origin = _crop(astronaut, face)
     assert verify_fixed_face(kit, crop, face, ["right"], {}, origin=origin).ok
     assert backend.calls == 1
+
+
+def _identity_kit() -> EyeToolkit:
+    from openeyesd.eyes.identity import DlibIdentity
+    from openeyesd.eyes.model_info import model
+
+    identity_models = (model("dlib_shape_predictor_5"), model("dlib_face_recognition_resnet_v1"))
+    if problems := check_models(identity_models, verify_sha256=False):
+        pytest.skip("; ".join(problems))
+    return EyeToolkit(landmarks=_NoSearch(), identity=DlibIdentity(), min_face_px=60)
+
+
+def test_a_changed_face_must_still_read_as_the_same_person(
+    astronaut: np.ndarray, face: Face
+) -> None:
+    kit = _identity_kit()
+    own = replace(face, descriptor=kit.identity.describe(astronaut, face))
+    crop, origin = _crop(astronaut, face)
+    same = verify_fixed_face(kit, crop, own, ["left"], {}, origin=origin, identity_limit=0.42)
+    assert same.ok and same.details["identity_distance"] < 0.05
+    # Someone else's descriptor: every component of the unit vector turned around.
+    other = replace(own, descriptor=-own.descriptor)
+    stranger = verify_fixed_face(kit, crop, other, ["left"], {}, origin=origin,
+                                 identity_limit=0.42)
+    assert not stranger.ok
+    assert stranger.reason.startswith("the face no longer reads as the same person")
+    assert stranger.details["identity_distance"] == pytest.approx(2.0, abs=0.05)
+    # Without a limit (a donor transplant) the descriptor is not computed at all.
+    unchecked = verify_fixed_face(kit, crop, other, ["left"], {}, origin=origin)
+    assert unchecked.ok and "identity_distance" not in unchecked.details

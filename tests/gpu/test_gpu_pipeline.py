@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from openeyesd.config import Config  # noqa: E402
+from openeyesd.eyes.identity import SAME_PERSON_DISTANCE  # noqa: E402
 from openeyesd.files import sidecar_path  # noqa: E402
 from openeyesd.gpu.backends import GpuBackends  # noqa: E402
 from openeyesd.gpu.restorer import RESTORERS  # noqa: E402
@@ -101,13 +102,16 @@ def test_no_donor_face_is_generated_but_a_failed_check_ships_the_original(
 def test_a_passing_variation_is_restored_and_written(
     gpu_config: Config, frames: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(generate, "verify_fixed_face",
-                        lambda *args, **kwargs: Check(True, "accepted for the test", {}))
+    checks: list[dict] = []
+    monkeypatch.setattr(generate, "verify_fixed_face", lambda *args, **kwargs: (
+        checks.append(kwargs) or Check(True, "accepted for the test", {})))
     shut = save_frame(gpu_config.watch[0].path / "shut.jpg", frames["shut"],
                       "2026:11:20 12:00:00")
     ledger, sidecar = process(gpu_config, shut)
     (face,) = sidecar["faces"]
     assert face["outcome"] == "generated" and face["generation"]["kept"]
+    # Generated eyes must leave the person recognisable, by the test donors are matched with.
+    assert checks and all(c["identity_limit"] == SAME_PERSON_DISTANCE for c in checks)
     assert face["restoration"]["model"] == "gfpgan-1.4"
     (job,) = ledger.list_jobs()
     assert job.outcome == "fixed"
