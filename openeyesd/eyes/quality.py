@@ -141,18 +141,32 @@ def texture_ratio(before: np.ndarray, after: np.ndarray) -> float | None:
     nothing changed. A real eye put over a closed one keeps the detail of a face photographed
     the same way; noise (a model that produced garbage) raises it, a smear or flat patch lowers
     it, and neither shows in the seam or the lid opening."""
+    box = _changed_box(before, after)
+    if box is None:
+        return None
+    before, after = before[box], after[box]
     changed = np.any(before != after, axis=2)
     if int(changed.sum()) < 16:
         return None
-    # Only the changed pixels' box, plus the one pixel the 3x3 Sobel reads around it: the
-    # same numbers as over the whole face box, which is mostly untouched and often megapixels.
-    ys, xs = np.nonzero(changed)
-    rows = slice(max(int(ys.min()) - 1, 0), int(ys.max()) + 2)
-    cols = slice(max(int(xs.min()) - 1, 0), int(xs.max()) + 2)
-    inside = changed[rows, cols]
-    grad_before = float(_gradient(_lab(before[rows, cols]))[inside].mean())
-    grad_after = float(_gradient(_lab(after[rows, cols]))[inside].mean())
+    grad_before = float(_gradient(_lab(before))[changed].mean())
+    grad_after = float(_gradient(_lab(after))[changed].mean())
     return (grad_after + _GRADIENT_FLOOR) / (grad_before + _GRADIENT_FLOOR)
+
+
+def _changed_box(before: np.ndarray, after: np.ndarray) -> tuple[slice, slice] | None:
+    """The box around the pixels that differ, plus the one pixel a 3x3 Sobel reads around
+    them (so gradients inside come out as over the whole image); None when none differ. The
+    images are face boxes, often megapixels with a small change: rows first, as flat byte
+    rows, which is far faster than comparing pixel by pixel over the whole image."""
+    height, width = before.shape[:2]
+    rows = np.flatnonzero((before.reshape(height, -1) != after.reshape(height, -1)).any(axis=1))
+    if rows.size == 0:
+        return None
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero((before[top:bottom] != after[top:bottom]).any(axis=0).any(axis=1))
+    left, right = int(cols[0]), int(cols[-1]) + 1
+    return (slice(max(top - 1, 0), min(bottom + 1, height)),
+            slice(max(left - 1, 0), min(right + 1, width)))
 
 
 def seam_score(
