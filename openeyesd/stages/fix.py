@@ -314,7 +314,7 @@ def _identity_problem(
     if distance < limit:
         return None
     return (f"the face no longer reads as the same person after the change (identity "
-            f"distance {distance:.2f}, at most {limit:.2f} allowed)")
+            f"distance {distance:.2f}; below {limit:.2f} expected)")
 
 
 def _texture_problem(
