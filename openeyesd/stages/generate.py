@@ -17,7 +17,7 @@ import numpy as np
 
 from openeyesd.config import Config
 from openeyesd.eyes.analysis import EyeToolkit
-from openeyesd.eyes.identity import SAME_PERSON_DISTANCE
+from openeyesd.eyes.donors import SAME_PERSON_DISTANCE
 from openeyesd.eyes.types import SIDES, Face
 from openeyesd.gpu.backends import GpuBackends
 from openeyesd.imageio import Patch

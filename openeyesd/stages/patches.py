@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from openeyesd.eyes import quality
 from openeyesd.files import atomic_write_with
 from openeyesd.imageio import Box, Patch
 from openeyesd.stages.base import StageContext
@@ -85,12 +86,10 @@ def changed_box(before: np.ndarray, after: np.ndarray, origin: tuple[int, int] =
     """The smallest box around the pixels that differ between two same-sized crops, in photo
     coordinates (``origin`` = the photo position of the crops' top-left pixel)."""
     x0, y0 = origin
-    changed = np.any(before != after, axis=2)
-    rows, cols = np.nonzero(changed)
-    if rows.size == 0:
+    box = quality.changed_box(before, after)
+    if box is None:
         return x0, y0, x0, y0
-    return (x0 + int(cols.min()), y0 + int(rows.min()),
-            x0 + int(cols.max()) + 1, y0 + int(rows.max()) + 1)
+    return x0 + box[0], y0 + box[1], x0 + box[2], y0 + box[3]
 
 
 def union(boxes: Any) -> Box:

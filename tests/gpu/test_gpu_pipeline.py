@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from openeyesd.config import Config  # noqa: E402
-from openeyesd.eyes.identity import SAME_PERSON_DISTANCE  # noqa: E402
+from openeyesd.eyes.donors import SAME_PERSON_DISTANCE  # noqa: E402
 from openeyesd.files import sidecar_path  # noqa: E402
 from openeyesd.gpu.backends import GpuBackends  # noqa: E402
 from openeyesd.gpu.restorer import RESTORERS  # noqa: E402
