@@ -277,13 +277,8 @@ class FaceMeshModel:
 
     def __call__(self, image_rgb: np.ndarray, roi: _Roi) -> tuple[np.ndarray, float]:
         """(468, 3) points in continuous image coordinates and the face-presence score."""
-        crop, lin, shift = _crop(image_rgb, roi, MESH_SIZE)
-        raw, flag = _run(self._net, crop.astype(np.float32) / 255.0, ["conv2d_20", "conv2d_30"])
-        pts = raw.reshape(-1, 3).astype(np.float64)
-        xy = pts[:, :2] @ lin.T + shift
-        z = pts[:, 2:] * (roi.size / MESH_SIZE)
-        score = float(1.0 / (1.0 + np.exp(-np.clip(float(flag.ravel()[0]), -80, 80))))
-        return np.hstack([xy, z]), score
+        return _points_and_presence(self._net, image_rgb, roi, MESH_SIZE,
+                                    ["conv2d_20", "conv2d_30"])
 
 
 class LandmarkerV2Model:
@@ -298,14 +293,23 @@ class LandmarkerV2Model:
 
     def __call__(self, image_rgb: np.ndarray, roi: _Roi) -> tuple[np.ndarray, float]:
         """(478, 3) points in continuous image coordinates and the face-presence score."""
-        size = LANDMARKER_V2_SIZE
-        crop, lin, shift = _crop(image_rgb, roi, size)
-        raw, flag = _run(self._net, crop.astype(np.float32) / 255.0, ["Identity", "Identity_1"])
-        pts = raw.reshape(-1, 3).astype(np.float64)
-        xy = pts[:, :2] @ lin.T + shift
-        z = pts[:, 2:] * (roi.size / size)
-        score = float(1.0 / (1.0 + np.exp(-np.clip(float(flag.ravel()[0]), -80, 80))))
-        return np.hstack([xy, z]), score
+        return _points_and_presence(self._net, image_rgb, roi, LANDMARKER_V2_SIZE,
+                                    ["Identity", "Identity_1"])
+
+
+def _points_and_presence(
+    net: cv2.dnn.Net, image_rgb: np.ndarray, roi: _Roi, size: int, outputs: list[str]
+) -> tuple[np.ndarray, float]:
+    """A face landmark net on the ``size``-pixel crop of ``roi`` (RGB in [0, 1]): its points
+    (x, y, z) back in image coordinates, z on the same scale as x, and its face-presence logit
+    as a probability."""
+    crop, lin, shift = _crop(image_rgb, roi, size)
+    raw, flag = _run(net, crop.astype(np.float32) / 255.0, outputs)
+    pts = raw.reshape(-1, 3).astype(np.float64)
+    xy = pts[:, :2] @ lin.T + shift
+    z = pts[:, 2:] * (roi.size / size)
+    score = float(1.0 / (1.0 + np.exp(-np.clip(float(flag.ravel()[0]), -80, 80))))
+    return np.hstack([xy, z]), score
 
 
 def _net_from_bytes(data: bytes) -> cv2.dnn.Net:
