@@ -240,7 +240,7 @@ def build_toolkit(config: Config) -> EyeToolkit:
         blink = BlinkModel()
         mesh.warm_up()
         blink.warm_up()
-    except (ModelMissing, ImportError, RuntimeError, cv2.error) as exc:
+    except (ModelMissing, ImportError, RuntimeError, OSError, cv2.error) as exc:
         raise BackendUnavailable(
             f"the CPU eye backends could not load: {exc}; run `openeyesctl doctor`"
         ) from exc
