@@ -229,6 +229,7 @@ class AnalysisCache:
 def build_toolkit(config: Config) -> EyeToolkit:
     """The CPU backends, models loaded now (tens of milliseconds). Missing model files are an
     infrastructure problem: the worker pauses and `openeyesctl doctor` says how to fix it."""
+    from openeyesd.eyes.dlib_resnet import NotTheDescriptorNetwork
     from openeyesd.eyes.landmarks import FaceMeshBackend, FaceMeshSettings
     from openeyesd.eyes.model_info import ModelMissing
 
@@ -240,7 +241,8 @@ def build_toolkit(config: Config) -> EyeToolkit:
         blink = BlinkModel()
         mesh.warm_up()
         blink.warm_up()
-    except (ModelMissing, ImportError, RuntimeError, OSError, cv2.error) as exc:
+    except (ModelMissing, NotTheDescriptorNetwork, ImportError, RuntimeError, OSError,
+            cv2.error) as exc:
         raise BackendUnavailable(
             f"the CPU eye backends could not load: {exc}; run `openeyesctl doctor`"
         ) from exc
