@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
 import re
 import sys
@@ -60,7 +61,12 @@ from bench._common import emit_json, median  # noqa: E402
 from bench.calibrate_assess import EyeLabels, LabelledFace, Score, _labels_for  # noqa: E402
 from openeyesd.config import Config, LimitsConfig, parse_config  # noqa: E402
 from openeyesd.eyes.analysis import EyeToolkit, FrameAnalysis, analyse, build_toolkit  # noqa: E402
-from openeyesd.eyes.donors import DonorChoice, NoDonor, choose_donors  # noqa: E402
+from openeyesd.eyes.donors import (  # noqa: E402
+    DonorChoice,
+    NoDonor,
+    choose_donors,
+    fallback_donors,
+)
 from openeyesd.eyes.sessions import capture_time  # noqa: E402
 from openeyesd.eyes.transfer import EyeTransferResult, apply, preview, transfer_face  # noqa: E402
 from openeyesd.eyes.types import SIDES, EyeState, Side  # noqa: E402
@@ -118,6 +124,10 @@ class Attempt:
     outside_change: int = 0
     #: Each replaced eye's opening after the fix / the donor eye's own opening.
     opening_vs_donor: dict[str, float] = field(default_factory=dict)
+    #: The eyes the check refused (empty when it passed or refused the face as a whole), and
+    #: the first check's reason when the fallback donors were tried after it.
+    refused_sides: tuple[str, ...] = ()
+    first_refusal: str = ""
     tile: np.ndarray | None = None
 
 
@@ -272,20 +282,34 @@ def fix_photo(photo: Photo, photos: list[Photo], toolkit: EyeToolkit,
         attempt = Attempt(photo, index, sides, truth, bool(face.closed_sides()), "no_donor")
         baselines = photo.baselines.get(index)
         candidates = _candidates(photo.judged, index, donors, baselines)
-        choices = choose_donors(_target(index, face), candidates, sides=sides)
+        target = _target(index, face)
+        choices = choose_donors(target, candidates, sides=sides)
         attempts.append(attempt)
         if isinstance(choices, NoDonor):
             attempt.reason = choices.reason
             continue
-        attempt.donor = "+".join(c.candidate.key for c in choices)
-        for choice in choices:
-            donor_photo = next(p for p in photos if f"eval:{p.file}" == choice.candidate.key)
-            assert donor_photo.judged is not None
-            donor_face = donor_photo.judged.faces[choice.candidate.face_index]
-            attempt.donor_closed_in_burst += tuple(
-                s for s in choice.sides if donor_face.state(s) is not EyeState.OPEN)
-        after = transplant(attempt, choices, donors, after, toolkit, baselines, blend)
+        changed = transplant(attempt, choices, photos, donors, after, toolkit, baselines, blend)
+        retry = with_fallback(choices, fallback_donors(target, candidates, choices),
+                              attempt.refused_sides)
+        if attempt.outcome == "check_failed" and retry is not None:
+            # As FixStage.run: the refused eyes once more from the plan's fallback donors.
+            attempt.first_refusal = attempt.reason
+            changed = transplant(attempt, retry, photos, donors, after, toolkit, baselines,
+                                 blend)
+        after = changed
     return attempts
+
+
+def with_fallback(choices: list[DonorChoice], fallbacks: dict[tuple[Side, ...],
+                  list[DonorChoice]], refused: tuple[str, ...]) -> list[DonorChoice] | None:
+    """``choices`` with the refused eyes taken from their fallback donors, as the fix stage's
+    ``_fallback_items`` does with plan items; None when there is nothing to try."""
+    key = tuple(s for s in SIDES if s in refused)
+    if not key or key not in fallbacks:
+        return None
+    kept = [dataclasses.replace(c, sides=tuple(s for s in c.sides if s not in key))
+            for c in choices]
+    return [c for c in kept if c.sides] + fallbacks[key]
 
 
 def open_in_burst(fixed: np.ndarray, attempt: Attempt, donors: list[DonorFrame],
@@ -302,12 +326,20 @@ def open_in_burst(fixed: np.ndarray, attempt: Attempt, donors: list[DonorFrame],
     return None
 
 
-def transplant(attempt: Attempt, choices: list[DonorChoice], donors: list[DonorFrame],
-               after: np.ndarray, toolkit: EyeToolkit,
+def transplant(attempt: Attempt, choices: list[DonorChoice], photos: list[Photo],
+               donors: list[DonorFrame], after: np.ndarray, toolkit: EyeToolkit,
                baselines: dict[Side, float | None] | None, blend: str) -> np.ndarray:
     """transfer_face + apply per donor (one, or one per eye) and the fix stage's check for
     one face; returns the new pixels (unchanged when the check fails, as in the fix stage)."""
     target = attempt.photo.analysis.faces[attempt.face].face
+    attempt.donor = "+".join(c.candidate.key for c in choices)
+    attempt.donor_closed_in_burst = ()
+    for choice in choices:
+        donor_photo = next(p for p in photos if f"eval:{p.file}" == choice.candidate.key)
+        assert donor_photo.judged is not None
+        donor_face = donor_photo.judged.faces[choice.candidate.face_index]
+        attempt.donor_closed_in_burst += tuple(
+            s for s in choice.sides if donor_face.state(s) is not EyeState.OPEN)
     candidate, results, donor_openings = after, [], {}
     for choice in choices:
         donor = next(d for d in donors if d.key == choice.candidate.key)
@@ -327,7 +359,7 @@ def transplant(attempt: Attempt, choices: list[DonorChoice], donors: list[DonorF
                               baselines=baselines,  # type: ignore[arg-type]
                               donor_openings=donor_openings, before=after)
     attempt.outcome = "fixed" if check.ok else "check_failed"
-    attempt.reason = check.reason
+    attempt.reason, attempt.refused_sides = check.reason, check.sides
     attempt.opening_vs_donor = check.details.get("opening_vs_donor", {})
     attempt.seams = [float(r.seam) for r in results]
     attempt.outside_change = outside_change(after, candidate, results)
@@ -396,6 +428,7 @@ def fix_summary(every: list[Attempt]) -> dict[str, Any]:
         "closed_faces_in_sets": len(attempts),
         "classified_closed": sum(a.classified_closed for a in attempts),
         "fix_attempts": len(tried), "fixed": len(fixed),
+        "fixed_with_fallback_donor": sum(bool(a.first_refusal) for a in fixed),
         "fix_success_rate": round(len(fixed) / max(len(tried), 1), 3),
         "fixed_and_open_in_burst": sum(a.open_after_in_burst is True for a in fixed),
         "fix_success_rate_burst_rule": round(
@@ -430,7 +463,8 @@ def print_attempts(attempts: list[Attempt]) -> None:
               f"donor {a.donor.split('/')[-1][:20]:20s} donor eye shut in burst: {shut:5s} "
               f"seam {seam:9s} vs donor {vs_donor:9s} id {was}->{ident} "
               f"outside {a.outside_change} after, in burst: "
-              f"{burst}; {a.reason}")
+              f"{burst}; {a.reason}"
+              + (f" (first donor refused: {a.first_refusal})" if a.first_refusal else ""))
 
 
 def report(photos: list[Photo], attempts: list[Attempt], sheet: tuple[Path, int],
@@ -448,7 +482,9 @@ def report(photos: list[Photo], attempts: list[Attempt], sheet: tuple[Path, int]
     print_attempts(attempts)
     print(f"\nfix: {fixes['closed_faces_in_sets']} labelled closed faces, "
           f"{fixes['fix_attempts']} attempts, {fixes['fixed']} fixed by FixStage.check "
-          f"(success rate {fixes['fix_success_rate']:.3f}); of those, open when judged in the "
+          f"(success rate {fixes['fix_success_rate']:.3f}; "
+          f"{fixes['fixed_with_fallback_donor']} after a fallback donor); of those, open when "
+          f"judged in the "
           f"burst {fixes['fixed_and_open_in_burst']} (rate "
           f"{fixes['fix_success_rate_burst_rule']:.3f}); donor eye closed in its burst "
           f"{fixes['donor_eye_closed_in_burst']}; no donor {fixes['no_donor']}; errors "

@@ -470,6 +470,13 @@ def face_row(face: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(second, Mapping) and donor is not None:
         # One donor per eye: say which eye came from where.
         row["donor"] = f"{_donor_words(donor)} + {_donor_words(second)}"
+    fallback = face.get("fallback")
+    if isinstance(fallback, Mapping):
+        # The check refused an eye from the first donor; say so, and what was used instead.
+        first = fallback.get("first_check")
+        reason = first.get("reason") if isinstance(first, Mapping) else first
+        row["donor"] = " + ".join(str(d) for d in fallback.get("donors") or [])
+        row["first try"] = f"refused: {reason}"
     if check is not None:
         row["check"] = check.get("reason")
     if face.get("preview"):

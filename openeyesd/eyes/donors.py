@@ -10,7 +10,9 @@ The plan stage uses it in three steps, per target frame with a closed-eyed face:
 3. :func:`choose_donor` rejects candidates that break a hard limit (:class:`DonorLimits`) and
    ranks the rest by a weighted score (:class:`DonorWeights`). It returns a :class:`DonorChoice`
    with every component score, or a :class:`NoDonor` with the reason; both are JSON-able for the
-   sidecar.
+   sidecar;
+4. :func:`fallback_donors` lists, for each set of eyes the fix stage's check might refuse,
+   donors for those eyes alone that do not use the refused donor eyes again.
 
 Positions are compared in interocular distances (IOD) of the target face, so thresholds do not
 depend on resolution or on how far the person stood from the camera.
@@ -602,6 +604,48 @@ def choose_donors(
     if isinstance(second, NoDonor):
         return second
     return [first, second]
+
+
+@dataclass(frozen=True)
+class _RefusedEye:
+    """An eye the fix stage's check refused once: never offered again for this target."""
+
+    state: EyeState = EyeState.UNKNOWN
+    openness: float = 0.0
+
+
+def fallback_donors(
+    target: DonorTarget,
+    candidates: Sequence[DonorCandidate],
+    chosen: Sequence[DonorChoice],
+    weights: DonorWeights | None = None,
+    limits: DonorLimits | None = None,
+) -> dict[tuple[Side, ...], list[DonorChoice]]:
+    """What to try when the fix stage's check refuses some of the eyes ``chosen`` gave: for
+    each set of refused eyes, donors for those eyes only, never the refused donor eyes again.
+
+    The usual cause is a donor eye read open that is in fact shut (a wink the assessment
+    missed) or a seam that shows: the other eye of the same donor may still be the best, so
+    only the refused eyes change donor. Keys are the refused sides in ``SIDES`` order; a set
+    with no other donor is left out (the face then stays for review)."""
+    gave = {side: (c.candidate.key, c.candidate.face_index) for c in chosen for side in c.sides}
+    out: dict[tuple[Side, ...], list[DonorChoice]] = {}
+    for count in range(1, len(gave) + 1):
+        for refused in itertools.combinations([s for s in SIDES if s in gave], count):
+            others = [_without_eyes(c, [s for s in refused if gave[s] == (c.key, c.face_index)])
+                      for c in candidates]
+            choices = choose_donors(target, others, weights, limits, sides=refused)
+            if not isinstance(choices, NoDonor):
+                out[refused] = choices
+    return out
+
+
+def _without_eyes(candidate: DonorCandidate, sides: Sequence[Side]) -> DonorCandidate:
+    if not sides:
+        return candidate
+    eyes = {side: _RefusedEye() if side in sides else view
+            for side, view in candidate.eyes.items()}
+    return dataclasses.replace(candidate, eyes=eyes)
 
 
 def _evaluate(

@@ -4,8 +4,11 @@ On the CPU profile warping, colour matching and the seamless blend are one step
 (``openeyesd.eyes.transfer``): Poisson blending needs the warped donor and its mask together,
 so there is no separate "blend" artifact to resume from. The check comes before anything is
 kept: the landmarks and the closed-eye test run again on the patched face, the fixed eyes must
-read open, and the seam score must pass. A face that fails keeps its original pixels and is
-marked ``needs_review`` with the reason: a bad fix is never shipped silently.
+read open, and the seam score must pass. When the check refuses particular eyes (one still
+reads shut: often a donor eye that was a wink the assessment missed; or its seam shows), those
+eyes are transferred once more from the plan's fallback donors and the face is checked again.
+A face that still fails keeps its original pixels and is marked ``needs_review`` with the
+reason: a bad fix is never shipped silently.
 
 The artifact lists ``patches``: PNG crops (upright coordinates) of the final pixels around
 each fixed face, which ``write`` pastes onto the photo; and before/after previews. All of it
@@ -70,13 +73,20 @@ class Check:
     ok: bool
     reason: str
     details: dict[str, Any]
+    #: The eyes a refusal is about, when it is about particular eyes (a seam, an eye that does
+    #: not read open); empty when it concerns the face as a whole.
+    sides: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "reason": self.reason, **self.details}
 
 
 class FixStage:
     name = "fix"
     # 2: the check re-fits the known face (refine), no detector. 3: a face's eyes may come
     # from two donors and are checked together; each eye must open near its donor's opening.
-    version = "3"
+    # 4: eyes the check refuses are tried once more from the plan's fallback donors.
+    version = "4"
 
     def __init__(self, toolkit: EyeToolkit) -> None:
         self.toolkit = toolkit
@@ -98,21 +108,14 @@ class FixStage:
         try:
             for index, items in _by_face(plan["plans"]):
                 target, summary = frame.faces[index].face, faces[index]
-                changes: list[Patch] = []
-                seams: dict[str, float] = {}
-                donor_openings: dict[str, float] = {}
-                for item in items:
-                    ctx.progress()
-                    more, more_seams, openings = self._transfer(
-                        ctx, before, kept + changes, target, item)
-                    changes, seams, donor_openings = (changes + more, seams | more_seams,
-                                                      donor_openings | openings)
-                crop, origin = face_region(before, kept + changes, target)
-                unchanged, _ = face_region(before, kept, target)
-                check = verify_fixed_face(self.toolkit, crop, target, list(seams), seams,
-                                          baselines=items[0].get("baselines"), origin=origin,
-                                          donor_openings=donor_openings, before=unchanged)
-                summary["check"] = {"ok": check.ok, "reason": check.reason, **check.details}
+                changes, check = self._fix_face(ctx, before, kept, target, items)
+                fallback = _fallback_items(items, plan.get("fallbacks", []), index, check)
+                if fallback is not None:
+                    summary["fallback"] = {
+                        "refused_sides": list(check.sides), "first_check": check.to_json(),
+                        "donors": [_donor_words(item) for item in fallback]}
+                    changes, check = self._fix_face(ctx, before, kept, target, fallback)
+                summary["check"] = check.to_json()
                 if check.ok:
                     kept += changes
                     summary["outcome"] = "fixed"
@@ -124,6 +127,27 @@ class FixStage:
             for key in [k for k in ctx.memo if k.startswith("donor:")]:
                 del ctx.memo[key]
         return patch_artifact(ctx, self.name, before, kept, fixed, faces)
+
+    def _fix_face(
+        self, ctx: StageContext, before: np.ndarray, kept: list[Patch], target: Face,
+        items: list[dict[str, Any]],
+    ) -> tuple[list[Patch], Check]:
+        """One face's transfers (one plan item per donor) as patches over ``kept``, and the
+        check of the face they give."""
+        changes: list[Patch] = []
+        seams: dict[str, float] = {}
+        donor_openings: dict[str, float] = {}
+        for item in items:
+            ctx.progress()
+            more, more_seams, openings = self._transfer(ctx, before, kept + changes, target, item)
+            changes, seams, donor_openings = (changes + more, seams | more_seams,
+                                              donor_openings | openings)
+        crop, origin = face_region(before, kept + changes, target)
+        unchanged, _ = face_region(before, kept, target)
+        check = verify_fixed_face(self.toolkit, crop, target, list(seams), seams,
+                                  baselines=items[0].get("baselines"), origin=origin,
+                                  donor_openings=donor_openings, before=unchanged)
+        return changes, check
 
     def _transfer(
         self, ctx: StageContext, before: np.ndarray, kept: list[Patch], target: Face,
@@ -175,11 +199,36 @@ class FixStage:
                 ctx.invalidate("plan")
                 raise TransientError(f"the donor photo {path} changed or went away; "
                                      "will plan again")
-            wanted = {p["donor_face_index"] for p in ctx.artifact("plan")["plans"]
+            wanted = {p["donor_face_index"] for p in _every_plan_item(ctx.artifact("plan"))
                       if p["donor_sha256"] == sha256}
             boxes = [_grown(analysis.faces[i].face) for i in sorted(wanted)]
             ctx.memo[key] = sparse_frame(path, ctx.config.limits, boxes)
         return ctx.memo[key][0], analysis.faces[item["donor_face_index"]]
+
+
+def _fallback_items(
+    items: list[dict[str, Any]], fallbacks: list[dict[str, Any]], face_index: int, check: Check,
+) -> list[dict[str, Any]] | None:
+    """The face's plan items with the eyes ``check`` refused taken from the plan's fallback
+    donors instead (the other eyes keep theirs), or None when there is nothing to try: the
+    check passed, refused the face as a whole, or the plan has no other donor for those eyes."""
+    if check.ok or not check.sides:
+        return None
+    refused = sorted(check.sides)
+    entry = next((f for f in fallbacks
+                  if f["face_index"] == face_index and sorted(f["refused"]) == refused), None)
+    if entry is None:
+        return None
+    kept = [{**item, "sides": [s for s in item["sides"] if s not in refused]} for item in items]
+    return [item for item in kept if item["sides"]] + entry["plans"]
+
+
+def _every_plan_item(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return plan["plans"] + [item for f in plan.get("fallbacks", []) for item in f["plans"]]
+
+
+def _donor_words(item: dict[str, Any]) -> str:
+    return f"{item['donor_kind']} {item['donor_key']} ({'+'.join(item['sides'])})"
 
 
 def _by_face(plans: list[dict[str, Any]]) -> list[tuple[int, list[dict[str, Any]]]]:
@@ -267,8 +316,8 @@ def verify_fixed_face(
     look like someone else. A donor transplant needs no such test: its donor was chosen as
     this person by the same descriptor."""
     details: dict[str, Any] = {"seam": {side: round(value, 3) for side, value in seams.items()}}
-    if any(value > SEAM_THRESHOLD for value in seams.values()):
-        return Check(False, "the seam around the new eye would be visible", details)
+    if seen := tuple(side for side, value in seams.items() if value > SEAM_THRESHOLD):
+        return Check(False, "the seam around the new eye would be visible", details, seen)
     crop, offset = _face_crop(after, target, origin)
     if before is not None and (texture := _texture_problem(before, crop, target, origin,
                                                            details)):
@@ -287,13 +336,14 @@ def verify_fixed_face(
     still_closed = [s for s in sides if verdicts[s].state is not EyeState.OPEN]  # type: ignore[index]
     if still_closed:
         return Check(False, f"the {' and '.join(still_closed)} eye does not read open "
-                     "after the fix", details)
+                     "after the fix", details, tuple(still_closed))
     half_open = {side: ratio for side, ratio in details.get("opening_vs_donor", {}).items()
                  if ratio < MIN_OPENING_VS_DONOR}
     if half_open:
         side, ratio = min(half_open.items(), key=lambda kv: kv[1])
         return Check(False, f"the {side} eye opened only {ratio:.0%} as wide as the donor's "
-                     f"(at least {MIN_OPENING_VS_DONOR:.0%} expected)", details)
+                     f"(at least {MIN_OPENING_VS_DONOR:.0%} expected)", details,
+                     tuple(half_open))
     if identity_limit is not None and (problem := _identity_problem(
             toolkit, crop, found, target, identity_limit, details)):
         return Check(False, problem, details)

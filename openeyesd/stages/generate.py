@@ -66,7 +66,7 @@ class GenerateStage:
                                        seed=ctx.config.generation.seed or None)
             kept_patch, check = self._first_passing(result, before, kept, face, sides, summary)
             summary["generation"] = _describe(result, kept_patch is not None)
-            summary["check"] = {"ok": check.ok, "reason": check.reason, **check.details}
+            summary["check"] = check.to_json()
             if kept_patch is None:
                 summary["outcome"] = "needs_review"
                 continue

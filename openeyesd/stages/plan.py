@@ -8,7 +8,9 @@ frame just after a blink is the best donor. Photos with no closed eye never wait
 
 Inside a burst each eye is judged again relative to the same person's widest opening in the
 other frames (a person whose open eyes are narrow is not "closed" for it). Donors are chosen by
-``openeyesd.eyes.donors.choose_donor``; every score is recorded for the sidecar.
+``openeyesd.eyes.donors.choose_donor``; every score is recorded for the sidecar. The artifact
+also holds ``fallbacks``: per face and per set of eyes, the donors the fix stage tries when its
+check refuses the eyes the first donors gave.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from openeyesd.eyes.donors import (
     NoDonor,
     align_frames,
     choose_donors,
+    fallback_donors,
     match_faces,
 )
 from openeyesd.eyes.sessions import CaptureTime, FrameRef, group_sessions, session_of
@@ -75,7 +78,9 @@ class DonorFrame:
 
 class PlanStage:
     name = "plan"
-    version = "2"  # 2: a second donor for the eye the first cannot give
+    # 2: a second donor for the eye the first cannot give. 3: fallback donors for eyes the
+    # fix stage's check refuses.
+    version = "3"
 
     def __init__(self, toolkit: EyeToolkit) -> None:
         self.toolkit = toolkit
@@ -95,7 +100,7 @@ class PlanStage:
         frame, baselines = rejudge_in_burst(frame, donors)
         if frame.needs_fix():
             donors += self._reference_donors(ctx)
-        plans, faces = [], []
+        plans, fallbacks, faces = [], [], []
         for index, face in enumerate(frame.faces):
             ctx.progress()
             summary = face_summary(index, face)
@@ -103,7 +108,8 @@ class PlanStage:
                 # Whatever opens these eyes later (donor or generation) is judged by this.
                 summary["burst_baselines"] = baselines.get(index) or {}
                 candidates = _candidates(frame, index, donors, baselines.get(index))
-                choices = choose_donors(_target(index, face), candidates)
+                target = _target(index, face)
+                choices = choose_donors(target, candidates)
                 if isinstance(choices, NoDonor):
                     summary["donor"] = choices.to_json()
                     summary["outcome"] = "no_donor"
@@ -113,8 +119,13 @@ class PlanStage:
                 if len(choices) > 1:
                     summary["second_donor"] = choices[1].to_json()
                 plans += [_plan(index, c, donors, baselines.get(index)) for c in choices]
+                fallbacks += [
+                    {"face_index": index, "refused": list(refused),
+                     "plans": [_plan(index, c, donors, baselines.get(index)) for c in others]}
+                    for refused, others in fallback_donors(target, candidates, choices).items()]
             faces.append(summary)
-        return {"plans": plans, "faces": faces, "burst": [frame.id for frame in burst]}
+        return {"plans": plans, "fallbacks": fallbacks, "faces": faces,
+                "burst": [frame.id for frame in burst]}
 
     def _burst_donors(self, ctx: StageContext, burst: list[SessionFrame]) -> list[DonorFrame]:
         me = ctx.job.captured_at or utcnow()

@@ -25,6 +25,7 @@ from openeyesd.eyes.donors import (
     choose_donor,
     choose_donors,
     eye_sharpness,
+    fallback_donors,
     gaze_offset,
     match_faces,
 )
@@ -343,6 +344,38 @@ def test_each_eye_from_its_own_donor_when_no_frame_has_both_open(person: np.ndar
     both = _candidate(person, "c.jpg", time_distance_s=2.0)
     (only,) = choose_donors(_target(person), [left_open, right_open, both])  # type: ignore[misc]
     assert (only.candidate.key, only.sides) == ("c.jpg", ("left", "right"))
+
+
+def test_fallback_takes_only_the_refused_eye_from_another_donor(person: np.ndarray) -> None:
+    # The eval's P03 set: the first donor's left eye is a wink the assessment read open, so it
+    # wins with both eyes; when the check refuses that left eye, the left comes from another
+    # frame and the right eye stays with the first donor.
+    wink = _candidate(person, "wink.jpg", time_distance_s=0.2)
+    left_open = _candidate(person, "a.jpg", OPEN, CLOSED, time_distance_s=0.4)
+    left_open_later = _candidate(person, "b.jpg", OPEN, CLOSED, time_distance_s=3.0)
+    target, candidates = _target(person), [wink, left_open, left_open_later]
+    chosen = choose_donors(target, candidates)
+    assert isinstance(chosen, list) and [c.candidate.key for c in chosen] == ["wink.jpg"]
+    fallbacks = fallback_donors(target, candidates, chosen)
+    assert [(c.candidate.key, c.sides) for c in fallbacks[("left",)]] == [("a.jpg", ("left",))]
+    # No other frame has the right eye open: refusing it (or both) leaves nothing to try.
+    assert set(fallbacks) == {("left",)}
+
+
+def test_fallback_for_both_eyes_prefers_one_donor(person: np.ndarray) -> None:
+    first = _candidate(person, "first.jpg", time_distance_s=0.2)
+    second = _candidate(person, "second.jpg", time_distance_s=0.5)
+    one_eyed = _candidate(person, "one.jpg", OPEN, CLOSED, time_distance_s=0.1)
+    target, candidates = _target(person), [first, second, one_eyed]
+    chosen = choose_donors(target, candidates)
+    assert isinstance(chosen, list)
+    fallbacks = fallback_donors(target, candidates, chosen)
+    assert [(c.candidate.key, c.sides) for c in fallbacks[("left", "right")]] == [
+        ("second.jpg", ("left", "right"))]
+    # Refusing one eye keeps the first donor's other eye: the best donor of that eye alone.
+    assert [c.candidate.key for c in fallbacks[("right",)]] == ["second.jpg"]
+    assert [c.candidate.key for c in fallbacks[("left",)]] == ["one.jpg"]  # nearer in time
+    assert all(c.candidate.key != "first.jpg" for cs in fallbacks.values() for c in cs)
 
 
 def test_no_donor_when_one_closed_eye_has_none(person: np.ndarray) -> None:

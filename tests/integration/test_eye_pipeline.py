@@ -120,6 +120,48 @@ def test_blink_in_a_burst_is_fixed_from_the_open_frame(
     assert written.read_bytes() == opened.read_bytes()  # an open face is never altered
 
 
+def test_an_eye_the_check_refuses_is_taken_from_the_fallback_donor(
+    eye_config: Config, eye_ledger: Ledger, frames: dict[str, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As in the eval's P03 set, where the nearest frame's "open" left eye was a wink: the check
+    # refuses that eye once; the left eye then comes from the other open frame, the right eye
+    # stays with the first donor, and the sidecar and `jobs show` say what happened.
+    from openeyesd.cli import face_row
+    from openeyesd.stages import fix
+
+    real_check, calls = fix.verify_fixed_face, []
+
+    def refuse_the_first_left_eye(*args, **kwargs):
+        calls.append(args[3])
+        if len(calls) == 1:
+            return fix.Check(False, "the left eye does not read open after the fix",
+                             {"eyes_after": {"left": "closed"}}, ("left",))
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(fix, "verify_fixed_face", refuse_the_first_left_eye)
+    incoming = eye_config.watch[0].path / "session1"
+    for name, key, taken in (("a_open.jpg", "open", "00"), ("b_shut.jpg", "shut", "01"),
+                             ("c_open.jpg", "open", "03")):
+        drop(eye_config, eye_ledger,
+             save_frame(incoming / name, frames[key], f"2026:11:20 10:00:{taken}"))
+    run_until_settled(eye_config, eye_ledger)
+
+    outcome, sidecar = outcome_of(eye_config, eye_ledger, "session1/b_shut.jpg")
+    (face,) = sidecar["faces"]
+    assert outcome == "fixed" and face["check"]["ok"], face["check"]
+    jobs = {job.relative_path: job.id for job in eye_ledger.list_jobs()}
+    first, other = f"job:{jobs['session1/a_open.jpg']}", f"job:{jobs['session1/c_open.jpg']}"
+    assert face["donor"]["key"] == first
+    assert face["fallback"]["refused_sides"] == ["left"]
+    assert face["fallback"]["first_check"]["reason"].startswith("the left eye")
+    assert face["fallback"]["donors"] == [f"burst {first} (right)", f"burst {other} (left)"]
+    assert sorted(map(sorted, calls)) == [["left", "right"], ["left", "right"]]
+    row = face_row(face)
+    assert row["donor"] == f"burst {first} (right) + burst {other} (left)"
+    assert row["first try"] == "refused: the left eye does not read open after the fix"
+
+
 def assert_changed_only_around_the_eyes(config: Config, shut: Path, before: np.ndarray) -> None:
     with Image.open(shut) as original, Image.open(config.output.path / "session1" /
                                                   shut.name) as fixed:
