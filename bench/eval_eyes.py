@@ -22,10 +22,12 @@ left out of precision and recall, and counted on their own). Reported:
   the plan stage's donor choice (``_target``/``_candidates`` from ``stages.plan`` and
   ``donors.choose_donor``, the eyes to replace being the labelled closed ones), then
   ``transfer.transfer_face`` + ``transfer.apply`` and ``FixStage.check``, faces of one photo
-  one after the other as ``FixStage.run`` does. Per attempt: success (``check.ok``: the eyes read
-  open after and the seam is not visible), the seam score, the identity distance between the
-  fixed face and the donor (and before the fix, for comparison), and the largest pixel change
-  outside the union of the transfer results' blend masks over the full image (must be 0).
+  one after the other as ``FixStage.run`` does, with its one more try from
+  ``donors.fallback_donors`` for the eyes a check refuses. Per attempt: success
+  (``check.ok``: the eyes read open after and the seam is not visible), the seam score, the
+  identity distance between the fixed face and the donor (and before the fix, for
+  comparison), and the largest pixel change outside the union of the transfer results' blend
+  masks over the full image (must be 0).
 
 OpenCV runs with one thread (``cv2.setNumThreads(1)``), OMP/OpenBLAS likewise.
 
