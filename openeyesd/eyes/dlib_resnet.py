@@ -200,8 +200,19 @@ class DlibResNet:
 
 def read_dlib_resnet(path: Path) -> DlibResNet:
     """Read ``dlib_face_recognition_resnet_model_v1.dat``; raises NotTheDescriptorNetwork for
-    any other file."""
-    stream = _Stream(Path(path).read_bytes())
+    any other file. One blank chip goes through it here, so sizes that parse but do not chain
+    are refused at start-up, not in the middle of a job."""
+    try:
+        network = _read_network(_Stream(Path(path).read_bytes()))
+        network.describe_chip(np.zeros((CHIP_SIZE, CHIP_SIZE, 3), np.uint8))
+    except NotTheDescriptorNetwork:
+        raise
+    except (ValueError, IndexError) as exc:  # numpy's reshape and matmul size errors
+        raise NotTheDescriptorNetwork(f"the layers' sizes do not fit together: {exc}") from exc
+    return network
+
+
+def _read_network(stream: _Stream) -> DlibResNet:
     _read_header(stream)
     means = _read_input_layer(stream)
     stem = _read_convolution(stream, first_layer=True)

@@ -68,14 +68,19 @@ def test_refuses_another_dlib_model() -> None:
         read_dlib_resnet(model_path(model("dlib_shape_predictor_5")))
 
 
-@pytest.mark.parametrize("damage", ["truncated", "extra_bytes", "renamed_layer"])
+@pytest.mark.parametrize("damage", ["truncated", "extra_bytes", "renamed_layer",
+                                    "sizes_do_not_chain"])
 def test_refuses_a_damaged_file(damage: str, tmp_path: Path) -> None:
     data = _NETWORK_FILE.read_bytes()
     data = {
         "truncated": lambda d: d[: len(d) // 2],
         "extra_bytes": lambda d: d + b"\x01\x00",
         "renamed_layer": lambda d: d.replace(b"relu_", b"relx_", 1),
+        # The projection claims 512 inputs (two-byte integer 0x0200) where 256 arrive.
+        "sizes_do_not_chain": lambda d: d.replace(b"fc_2\x01\x80\x02\x00\x01",
+                                                  b"fc_2\x01\x80\x02\x00\x02", 1),
     }[damage](data)
+    assert data != _NETWORK_FILE.read_bytes()
     broken = tmp_path / "broken.dat"
     broken.write_bytes(data)
     with pytest.raises(NotTheDescriptorNetwork):
