@@ -177,6 +177,10 @@ class EyesConfig(_Section):
     #: Longest side of the downscaled copy faces are searched on (landmarks are then refined
     #: on full-resolution crops).
     detect_max_side: Annotated[int, Field(ge=256)] = 1280
+    #: Memory (MiB) for the pixels around the eyes of recently assessed photos, shared by the
+    #: workers: a fix takes a donor's eyes from here instead of decoding the donor again
+    #: (about 1-2 MiB a face at 12-24 MP). 0 turns it off.
+    donor_regions_mb: Annotated[float, Field(ge=0)] = 128.0
 
 
 class ModelsConfig(_Section):

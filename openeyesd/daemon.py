@@ -29,7 +29,7 @@ from openeyesd.gpu.backends import GpuBackends
 from openeyesd.grouping import StageGrouping
 from openeyesd.ledger import Ledger, create_ledger_engine, lease_owner_process, migrate
 from openeyesd.logs import configure_logging
-from openeyesd.pipeline import backends_in_use, stages_for
+from openeyesd.pipeline import backends_in_use, eye_region_store, stages_for
 from openeyesd.scheduler import build_scheduler, reclaim_stalled
 from openeyesd.sdnotify import SystemdNotifier
 from openeyesd.watcher import Watcher
@@ -106,9 +106,11 @@ class Daemon:
         gpu = GpuBackends(self.config) if self.config.pipeline.profile is Profile.GPU else None
         # Shared like the models it watches: the workers take turns with one set of them.
         grouping = None if gpu is None else StageGrouping(self.ledger, gpu)
+        # One store, so a donor assessed by one worker lends its eyes to a fix in another.
+        regions = eye_region_store(self.config)
         for slot in range(self.config.worker.concurrency):
             worker = Worker(config=self.config, ledger=self.ledger, slot=slot, stop=self.stopping,
-                            stages=lambda: stages_for(self.config, gpu), grouping=grouping)
+                            stages=lambda: stages_for(self.config, gpu, regions), grouping=grouping)
             self.ledger.register_worker(worker.worker_id, hostname=socket.gethostname(),
                                         pid=os.getpid(), backends=backends)
             thread = threading.Thread(target=worker.run, name=f"worker-{slot}")

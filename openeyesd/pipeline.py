@@ -19,6 +19,7 @@ import structlog
 from openeyesd.config import Config, Profile
 from openeyesd.errors import InternalError, OpenEyesError
 from openeyesd.eyes.analysis import build_toolkit
+from openeyesd.eyes.donor_regions import EyeRegionStore
 from openeyesd.files import atomic_write_bytes
 from openeyesd.gpu.backends import GpuBackends
 from openeyesd.ledger import Ledger
@@ -33,22 +34,30 @@ from openeyesd.stages.restore import RestoreStage
 from openeyesd.stages.write import WriteStage
 
 
-def stages_for(config: Config, gpu: GpuBackends | None = None) -> list[Stage]:
+def stages_for(
+    config: Config, gpu: GpuBackends | None = None, regions: EyeRegionStore | None = None
+) -> list[Stage]:
     """The literal stage order per profile. Loads the CPU models: call once per worker, since
-    they are not thread-safe. ``gpu`` (the GPU profile) is shared by all workers; its models
-    load on first use."""
+    they are not thread-safe. ``gpu`` (the GPU profile) and ``regions`` (donor eye pixels,
+    ``eye_region_store``) are shared by all workers; GPU models load on first use."""
     toolkit = build_toolkit(config)
+    regions = regions or eye_region_store(config)
     stages: list[Stage] = [
         IngestStage(),
         DetectStage(toolkit),
-        AssessStage(toolkit),
-        PlanStage(toolkit),
-        FixStage(toolkit),
+        AssessStage(toolkit, regions),
+        PlanStage(toolkit, regions),
+        FixStage(toolkit, regions),
     ]
     if config.pipeline.profile is Profile.GPU:
         gpu = gpu or GpuBackends(config)
         stages += [GenerateStage(toolkit, gpu), RestoreStage(gpu)]
     return [*stages, WriteStage()]
+
+
+def eye_region_store(config: Config) -> EyeRegionStore:
+    """The memory the eye regions of recent photos may hold (``eyes.donor_regions_mb``)."""
+    return EyeRegionStore(int(config.eyes.donor_regions_mb * 1024 * 1024))
 
 
 def backends_in_use(config: Config) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """assess: judge each eye of each face: open, closed or unknown.
 
 The result is also stored in the analysis cache under the photo's content hash, so the other
-frames of its burst can use this photo as a donor without analysing it again.
+frames of its burst can use this photo as a donor without analysing it again; and the pixels
+around each face's eyes are left in memory (``donor_regions``), so a fix that takes this
+photo's eyes need not decode it again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from openeyesd.eyes.analysis import (
     frame_from_json,
     frame_to_json,
 )
+from openeyesd.eyes.donor_regions import EyeRegionStore, donor_regions
 from openeyesd.eyes.types import SIDES, EyeState
 from openeyesd.files import atomic_write_bytes
 from openeyesd.stages.base import Artifact, StageContext
@@ -31,16 +34,19 @@ class AssessStage:
     name = "assess"
     version = "1"
 
-    def __init__(self, toolkit: EyeToolkit) -> None:
+    def __init__(self, toolkit: EyeToolkit, regions: EyeRegionStore | None = None) -> None:
         self.toolkit = toolkit
+        self.regions = regions or EyeRegionStore(0)
 
     def settings(self, config: Config) -> dict[str, Any]:
         return {"analysis": ANALYSIS_VERSION, "min_face_px": config.eyes.min_face_px}
 
     def run(self, ctx: StageContext) -> Artifact:
         sha256 = ctx.artifact("ingest")["sha256"]
-        frame = assess_faces(load_ingested(ctx).pixels, load_faces(ctx), sha256, self.toolkit)
+        pixels = load_ingested(ctx).pixels
+        frame = assess_faces(pixels, load_faces(ctx), sha256, self.toolkit)
         AnalysisCache(ctx.config.analysis_dir).put(frame)
+        self.regions.put(sha256, donor_regions(pixels, frame))
         path = ctx.stage_dir(self.name) / "analysis.json"
         atomic_write_bytes(path, json.dumps(frame_to_json(frame)).encode())
         return {"analysis_file": ctx.relative(path), "needs_fix": frame.needs_fix(),

@@ -31,6 +31,7 @@ from openeyesd.config import Config, LimitsConfig
 from openeyesd.errors import TransientError
 from openeyesd.eyes.analysis import AnalysisCache, EyeToolkit, FaceAnalysis, judge
 from openeyesd.eyes.assess import assess_face
+from openeyesd.eyes.donor_regions import EyeRegionStore
 from openeyesd.eyes.landmarks import LandmarkBackend, RefiningBackend
 from openeyesd.eyes.quality import SEAM_THRESHOLD, texture_ratio
 from openeyesd.eyes.transfer import (
@@ -88,8 +89,11 @@ class FixStage:
     # 4: eyes the check refuses are tried once more from the plan's fallback donors.
     version = "4"
 
-    def __init__(self, toolkit: EyeToolkit) -> None:
+    def __init__(self, toolkit: EyeToolkit, regions: EyeRegionStore | None = None) -> None:
         self.toolkit = toolkit
+        #: Eye regions the assess stages left (see ``donor_regions``): a donor found there is
+        #: not decoded again.
+        self.regions = regions or EyeRegionStore(0)
 
     def settings(self, config: Config) -> dict[str, Any]:
         return {"blend": str(config.eyes.blend)}
@@ -162,10 +166,8 @@ class FixStage:
                                 method=method)
         if not _sampled_inside(results, ctx.memo[f"donor:{item['donor_sha256']}"][1]):
             # Unusual geometry (a donor face far smaller than the target's): the warp reached
-            # past the decoded regions, so decode the donor whole and transfer again.
-            donor_rgb = load_rgb(Path(item["donor_image"]), ctx.config.limits).pixels
-            height, width = donor_rgb.shape[:2]
-            ctx.memo[f"donor:{item['donor_sha256']}"] = (donor_rgb, [(0, 0, width, height)])
+            # past the regions at hand, so decode the donor whole and transfer again.
+            donor_rgb = _decode_donor(ctx, item, boxes=None)[0]
             results = transfer_face(before, target, donor_rgb, donor_face,
                                     sides=item["sides"], method=method)
         if any(overlaps(r.box, p.box) for r in results for p in kept):
@@ -185,9 +187,9 @@ class FixStage:
         return changes, {r.side: float(r.seam) for r in results}, openings
 
     def _donor(self, ctx: StageContext, item: dict[str, Any]) -> tuple[np.ndarray, FaceAnalysis]:
-        """The donor's pixels and face. A donor frame is decoded once per run for all the
-        faces it lends (often several), and only the regions around those faces are kept;
-        the file must still be the content the plan analysed."""
+        """The donor's pixels and face. The pixels around the faces a donor frame lends (often
+        several) come from the eye regions its own assessment left in memory, else from one
+        decode of the file, of which only the regions around those faces are kept."""
         sha256, path = item["donor_sha256"], Path(item["donor_image"])
         analysis = AnalysisCache(ctx.config.analysis_dir).get(sha256)
         if analysis is None:
@@ -195,15 +197,33 @@ class FixStage:
             raise TransientError(f"the analysis of donor {path} is gone; will plan again")
         key = f"donor:{sha256}"
         if key not in ctx.memo:
-            if not path.exists() or sha256_file(path) != sha256:
-                ctx.invalidate("plan")
-                raise TransientError(f"the donor photo {path} changed or went away; "
-                                     "will plan again")
             wanted = {p["donor_face_index"] for p in _every_plan_item(ctx.artifact("plan"))
                       if p["donor_sha256"] == sha256}
-            boxes = [_grown(analysis.faces[i].face) for i in sorted(wanted)]
-            ctx.memo[key] = sparse_frame(path, ctx.config.limits, boxes)
+            kept = self.regions.get(sha256)
+            from_memory = kept.sparse_frame(wanted) if kept is not None else None
+            if from_memory is not None:
+                ctx.memo[key] = from_memory
+            else:
+                _decode_donor(ctx, item, [_grown(analysis.faces[i].face) for i in sorted(wanted)])
         return ctx.memo[key][0], analysis.faces[item["donor_face_index"]]
+
+
+def _decode_donor(
+    ctx: StageContext, item: dict[str, Any], boxes: list[Box] | None
+) -> tuple[np.ndarray, list[Box]]:
+    """The donor decoded from its file, whole or (``boxes``) only there, remembered for this
+    run; the file must still be the content the plan analysed."""
+    sha256, path = item["donor_sha256"], Path(item["donor_image"])
+    if not path.exists() or sha256_file(path) != sha256:
+        ctx.invalidate("plan")
+        raise TransientError(f"the donor photo {path} changed or went away; will plan again")
+    if boxes is None:
+        pixels = load_rgb(path, ctx.config.limits).pixels
+        decoded = pixels, [(0, 0, pixels.shape[1], pixels.shape[0])]
+    else:
+        decoded = sparse_frame(path, ctx.config.limits, boxes)
+    ctx.memo[f"donor:{sha256}"] = decoded
+    return decoded
 
 
 def _fallback_items(

@@ -33,6 +33,7 @@ from openeyesd.eyes.analysis import (
     judge,
 )
 from openeyesd.eyes.assess import FaceAssessment, burst_baselines
+from openeyesd.eyes.donor_regions import EyeRegionStore, donor_regions
 from openeyesd.eyes.donors import (
     DonorCandidate,
     DonorChoice,
@@ -82,8 +83,9 @@ class PlanStage:
     # fix stage's check refuses.
     version = "3"
 
-    def __init__(self, toolkit: EyeToolkit) -> None:
+    def __init__(self, toolkit: EyeToolkit, regions: EyeRegionStore | None = None) -> None:
         self.toolkit = toolkit
+        self.regions = regions or EyeRegionStore(0)
 
     def settings(self, config: Config) -> dict[str, Any]:
         eyes = config.eyes
@@ -158,11 +160,13 @@ class PlanStage:
         if (cached := cache.get(sha256)) is not None or path is None:
             return cached
         try:
-            analysis = analyse(load_rgb(path, ctx.config.limits).pixels, sha256, self.toolkit)
+            pixels = load_rgb(path, ctx.config.limits).pixels
+            analysis = analyse(pixels, sha256, self.toolkit)
         except (OpenEyesError, OSError) as exc:
             log.info("plan.donor_unreadable", path=str(path), error=str(exc))
             return None
         cache.put(analysis)
+        self.regions.put(sha256, donor_regions(pixels, analysis))
         return analysis
 
 

@@ -37,8 +37,10 @@ def frames() -> dict[str, np.ndarray]:
     return blink_frames()
 
 
-def run_until_settled(config: Config, ledger: Ledger, timeout_s: float = 90) -> None:
-    worker = Worker(config=config, ledger=ledger, stages=lambda: stages_for(config))
+def run_until_settled(
+    config: Config, ledger: Ledger, timeout_s: float = 90, worker: Worker | None = None
+) -> None:
+    worker = worker or Worker(config=config, ledger=ledger, stages=lambda: stages_for(config))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not worker.run_once():
@@ -54,11 +56,15 @@ def eye_config(make_config: Callable[..., Config]) -> Config:
     return make_config(eyes={"session_quiet_s": 0.0})
 
 
+def ledger_for(config: Config) -> Ledger:
+    engine = create_ledger_engine(config.ledger_url)
+    migrate.upgrade(engine)
+    return Ledger(engine, pipeline_version=config.pipeline.version)
+
+
 @pytest.fixture
 def eye_ledger(eye_config: Config) -> Ledger:
-    engine = create_ledger_engine(eye_config.ledger_url)
-    migrate.upgrade(engine)
-    return Ledger(engine, pipeline_version=eye_config.pipeline.version)
+    return ledger_for(eye_config)
 
 
 def drop(config: Config, ledger: Ledger, path: Path) -> None:
@@ -261,11 +267,15 @@ def test_a_references_folder_beside_the_photos_serves_them_and_is_not_queued(
 
 
 def test_a_donor_deleted_between_plan_and_fix_makes_the_job_plan_again(
-    eye_config: Config, eye_ledger: Ledger, frames: dict[str, np.ndarray],
+    make_config: Callable[..., Config], frames: dict[str, np.ndarray],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """When the donor must be decoded: its eye regions are no longer in memory (here: none
+    are kept, as after a restart of the daemon)."""
     from openeyesd.stages import fix
 
+    eye_config = make_config(eyes={"session_quiet_s": 0.0, "donor_regions_mb": 0})
+    eye_ledger = ledger_for(eye_config)
     incoming = eye_config.watch[0].path / "session4"
     save_frame(incoming / "a_open.jpg", frames["open"], "2026:11:20 10:00:00")
     save_frame(incoming / "b_shut.jpg", frames["shut"], "2026:11:20 10:00:01")
@@ -291,3 +301,45 @@ def test_a_donor_deleted_between_plan_and_fix_makes_the_job_plan_again(
     plans = [run for run in eye_ledger.stage_runs(job.id) if run.stage == "plan"]
     assert outcome == "fixed" and calls and job.attempts == 2
     assert [run.status for run in plans][-2:] == ["done", "done"]  # planned again
+
+
+def test_eyes_lent_from_memory_are_the_pixels_the_decoded_donor_gives(
+    tmp_path: Path, frames: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same burst fixed twice: with the donor's eye regions kept in memory by its assess
+    stage (the donor is never decoded again), and without."""
+    from openeyesd.config import parse_config
+    from openeyesd.stages import fix
+    from tests.conftest import config_dict
+
+    decodes: list[str] = []
+    real_decode = fix._decode_donor
+
+    def counted(ctx: object, item: dict, boxes: object) -> object:
+        decodes.append(item["donor_image"])
+        return real_decode(ctx, item, boxes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fix, "_decode_donor", counted)
+    fixed: dict[float, np.ndarray] = {}
+    for megabytes in (128.0, 0.0):
+        root = tmp_path / f"regions{megabytes:g}"
+        config = parse_config(config_dict(root, eyes={"session_quiet_s": 0.0,
+                                                      "donor_regions_mb": megabytes}),
+                              base_dir=root)
+        ledger = ledger_for(config)
+        incoming = config.watch[0].path / "session5"
+        save_frame(incoming / "a_open.jpg", frames["open"], "2026:11:20 10:00:00")
+        save_frame(incoming / "b_shut.jpg", frames["shut"], "2026:11:20 10:00:01")
+        enqueue_tree(ledger, config.watch[0].path, watch_root=config.watch[0].path,
+                     pipeline_version=config.pipeline.version)
+        if megabytes:
+            worker = Worker(config=config, ledger=ledger, stages=lambda c=config: stages_for(c))
+            run_until_settled(config, ledger, worker=worker)
+            assert decodes == []
+        else:
+            run_until_settled(config, ledger)
+            assert len(decodes) == 1
+        outcome, _ = outcome_of(config, ledger, "session5/b_shut.jpg")
+        assert outcome == "fixed"
+        fixed[megabytes] = np.asarray(Image.open(config.output.path / "session5/b_shut.jpg"))
+    assert np.array_equal(fixed[128.0], fixed[0.0])
