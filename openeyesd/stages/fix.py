@@ -51,7 +51,7 @@ from openeyesd.stages.patches import (
     compose_frame,
     current_pixels,
     overlaps,
-    save_png,
+    save_preview,
     union,
     write_patch,
 )
@@ -311,8 +311,8 @@ def patch_artifact(
         x0, y0, x1, y1 = box
         shifted = replace(face, box=(face.box[0] - x0, face.box[1] - y0,
                                      face.box[2] - x0, face.box[3] - y0))
-        shown = ctx.stage_dir(stage) / f"face{index}-before-after.png"
-        save_png(shown, preview(before[y0:y1, x0:x1], compose(before, box, kept), shifted))
+        shown = ctx.stage_dir(stage) / f"face{index}-before-after.jpg"
+        save_preview(shown, preview(before[y0:y1, x0:x1], compose(before, box, kept), shifted))
         patches.append(patch)
         faces[index]["preview"] = str(shown)
         files += [patch["file"], ctx.relative(shown)]

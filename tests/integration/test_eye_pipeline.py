@@ -117,7 +117,8 @@ def test_blink_in_a_burst_is_fixed_from_the_open_frame(
     assert face["outcome"] == "fixed" and face["check"]["ok"]
     assert {face["eyes"][side]["state"] for side in ("left", "right")} == {"closed"}
     assert face["donor"]["kind"] == "burst" and face["donor"]["measures"]["time_distance_s"] == 1
-    assert Path(face["preview"]).exists()
+    with Image.open(face["preview"]) as shown:  # before | after, for operators
+        assert shown.format == "JPEG" and shown.height == 384 and shown.width > 384
     assert_changed_only_around_the_eyes(eye_config, shut, frames["shut"])
 
     outcome, sidecar = outcome_of(eye_config, eye_ledger, "session1/a_open.jpg")
