@@ -55,6 +55,7 @@ LANDMARKER_V2_SIZE = 256
 LANDMARKER_V2_MEMBER = "face_landmarks_detector.tflite"
 LANDMARKER_V2_SHA256 = "c7d54204ce0448474c7f3fa9af494787c0965cbdd6f20fc72867e43046bd43d5"
 MESH_ROI_SCALE = 1.5  # MediaPipe's face ROI is 1.5x the face box
+MESH_POINTS = 468  # the face mesh without the 10 iris points
 IRIS_ROI_SCALE = 2.3  # and its eye ROI 2.3x the corner-to-corner width
 
 DetectorKind = Literal["full_range", "short_range"]
@@ -369,6 +370,26 @@ def _detection_of(face: Face) -> _Detection:
     return _Detection(box, eyes + 0.5, float(face.score))
 
 
+def _roi_extras(roi: _Roi, box: tuple[float, float, float, float]) -> dict[str, float]:
+    """The ROI a face was fitted in, for ``Face.extras``: its centre relative to the face box's
+    corner (so a face moved into a crop's coordinates, box and all, keeps its ROI), size and
+    angle."""
+    return {"mesh_roi_px": roi.size,
+            "roi_dx": float(roi.centre[0] - box[0] - 0.5),
+            "roi_dy": float(roi.centre[1] - box[1] - 0.5),
+            "roi_angle": float(np.arctan2(roi.ex[1], roi.ex[0]))}
+
+
+def _fitted_roi(face: Face) -> _Roi | None:
+    """The ROI ``_roi_extras`` recorded for ``face``; None for a face without one."""
+    extras = face.extras
+    if not all(key in extras for key in ("mesh_roi_px", "roi_dx", "roi_dy", "roi_angle")):
+        return None
+    centre = np.array([face.box[0] + 0.5 + extras["roi_dx"], face.box[1] + 0.5 + extras["roi_dy"]])
+    ex = np.array([np.cos(extras["roi_angle"]), np.sin(extras["roi_angle"])])
+    return _Roi(centre, float(extras["mesh_roi_px"]), ex, _rot90(ex))
+
+
 def roi_from_mesh(mesh: np.ndarray) -> _Roi:
     """The tighter ROI MediaPipe tracks with: the mesh's extent in the eye-level frame, x1.5."""
     ex = _unit(mesh[263, :2] - mesh[33, :2])
@@ -502,12 +523,18 @@ class FaceMeshBackend:
         return sorted(_distinct(kept), key=lambda f: (f.box[0], f.box[1]))
 
     def refine(self, image_rgb: np.ndarray, face: Face) -> Face | None:
-        """``face`` fitted again where it is (same image coordinates): the same models from
-        the ROI the face's own box and eyes give, with no detector,
-        downscaled copy or tiles (MediaPipe's tracking mode). None when the mesh no longer
-        sees a face there (its face-presence score), as ``detect`` would drop it."""
+        """``face`` fitted again where it is (same image coordinates), with no detector,
+        downscaled copy or tiles. As MediaPipe's tracking mode does, a face this backend found
+        is fitted from the very ROI ``detect`` fitted it in (one pass, and on unchanged pixels
+        the same points); any other face from the ROI its box and eyes give (two passes).
+        None when the mesh no longer sees a face there (its face-presence score), as
+        ``detect`` would drop it."""
         _check_image(image_rgb)
-        found = self._face(image_rgb, _detection_of(face))
+        roi = _fitted_roi(face) if face.backend == self.name else None
+        if roi is not None:
+            found = self._fit(image_rgb, roi, face.box, face.score)
+        else:
+            found = self._face(image_rgb, _detection_of(face))
         return found if found.extras["mesh_score"] >= self._settings.min_mesh_score else None
 
     def _find_faces(self, image: np.ndarray) -> list[_Detection]:
@@ -527,24 +554,32 @@ class FaceMeshBackend:
         return _weighted_nms(dets, self._settings.nms_iou)
 
     def _face(self, image: np.ndarray, det: _Detection) -> Face:
+        """The face a detection found: a first mesh pass from the detector's ROI, then the
+        fit from the tighter ROI that mesh gives."""
         mesh, _ = self._mesh(image, roi_from_detection(det))
-        roi = roi_from_mesh(mesh)
+        x0, y0, x1, y1 = _to_pixel(det.box.reshape(2, 2)).ravel()
+        return self._fit(image, roi_from_mesh(mesh), (float(x0), float(y0), float(x1), float(y1)),
+                         det.score)
+
+    def _fit(
+        self, image: np.ndarray, roi: _Roi, box: tuple[float, float, float, float], score: float
+    ) -> Face:
+        """The landmarks inside ``roi``: the v2 network, or the mesh and iris models."""
         if self._v2 is not None:
             points3, mesh_score = self._v2(image, roi)
-            mesh = points3[:468]
+            mesh = points3[:MESH_POINTS]
             eyes, points = _eyes_of_v2(points3), _to_pixel(points3[:, :2])
         else:
             mesh, mesh_score = self._mesh(image, roi)
             eyes, points = self._eyes(image, mesh)
-        box = _to_pixel(det.box.reshape(2, 2)).ravel()
         return Face(
-            box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
-            score=det.score,
+            box=box,
+            score=score,
             eyes=eyes,
             pose=head_pose(mesh),
             landmarks=points,
             backend=self.name,
-            extras={"mesh_score": mesh_score, "mesh_roi_px": roi.size},
+            extras={"mesh_score": mesh_score, **_roi_extras(roi, box)},
         )
 
     def _eyes(self, image: np.ndarray, mesh: np.ndarray) -> tuple[dict[Side, Eye], np.ndarray]:
