@@ -159,9 +159,19 @@ def iris_visible(eye: Eye) -> float:
     gx, gy = np.meshgrid(axis, axis)
     disk = np.stack([gx.ravel(), gy.ravel()], 1)
     disk = disk[(disk**2).sum(1) <= 1] * radius + centre
-    poly = eye.contour.astype(np.float32).reshape(-1, 1, 2)
-    inside = [cv2.pointPolygonTest(poly, (float(x), float(y)), False) >= 0 for x, y in disk]
-    return float(np.mean(inside))
+    return float(np.mean(inside_polygon(disk, eye.contour.astype(np.float64))))
+
+
+def inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """Which of ``points`` (N, 2) lie inside ``polygon`` (M, 2): the even-odd rule, every
+    point against every edge at once (one pointPolygonTest call a point cost ~1 ms an eye)."""
+    x, y = points[:, :1], points[:, 1:]
+    x0, y0 = polygon[:, 0], polygon[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    spans = (y0 > y) != (y1 > y)  # the edge crosses the point's row (so y1 != y0 there)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        crossing_x = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+    return np.count_nonzero(spans & (x < crossing_x), axis=1) % 2 == 1
 
 
 def eye_crop(image_rgb: np.ndarray, eye: Eye) -> tuple[np.ndarray, float]:

@@ -224,3 +224,24 @@ def test_sunglasses_are_unknown_never_closed(backend, astronaut: np.ndarray,
     # Re-detected, whatever the model makes of the lenses, no eye may be called closed.
     for found in backend.detect(shaded):
         assert not assess.assess_face(shaded, found).needs_fix
+
+
+def test_inside_polygon_agrees_with_opencv_on_eyelid_shapes() -> None:
+    rng = np.random.default_rng(7)
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    for _ in range(30):
+        width, height = rng.uniform(5, 60), rng.uniform(0.3, 30)
+        polygon = np.stack([width * np.cos(angles), height * np.sin(angles)], axis=1)
+        polygon += rng.normal(0, 0.05 * width, polygon.shape) + rng.uniform(0, 200, 2)
+        points = rng.uniform(polygon.min(0) - 3, polygon.max(0) + 3, (500, 2))
+        contour = polygon.astype(np.float32).reshape(-1, 1, 2)
+        expected = [cv2.pointPolygonTest(contour, (float(x), float(y)), False) >= 0
+                    for x, y in points]
+        assert list(assess.inside_polygon(points, polygon)) == expected
+
+
+def test_inside_polygon_of_a_lid_shut_flat_holds_nothing_and_does_not_divide_by_zero() -> None:
+    shut = np.array([[0.0, 5.0], [10.0, 5.0], [20.0, 5.0], [10.0, 5.0]])
+    points = np.array([[10.0, 4.9], [10.0, 5.1], [25.0, 5.0]])
+    with np.errstate(all="raise"):
+        assert not assess.inside_polygon(points, shut).any()
