@@ -431,16 +431,22 @@ def _downscale(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     h, w = image.shape[:2]
     if max(h, w) <= max_side:
         return image, 1.0
-    # OpenCV's area resize has a fast path for whole-number factors, about 3x faster at
-    # 24 MP: shrink by the whole part first (cropping the few rows and columns that do not
-    # divide), then the small remainder. Both steps average areas, so nothing aliases.
-    step = int(max(h, w) / max_side)
-    if step >= 2:
-        h, w = h - h % step, w - w % step
-        image = cv2.resize(image[:h, :w], (w // step, h // step), interpolation=cv2.INTER_AREA)
+    # OpenCV's area resize by exactly 2 is its fastest path by far (12 MP: 5 ms; by 3: 20 ms,
+    # by 1.56: 55 ms): halve while the copy stays at least twice too large (dropping an odd
+    # last row or column), then shrink the remaining factor, below 2, bilinearly. The halvings
+    # average areas, so the last step samples an image already smoothed for it.
+    factor = 1.0
+    while max(h, w) >= 2 * max_side:
+        h, w = h - h % 2, w - w % 2
+        image = cv2.resize(image[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        h, w = image.shape[:2]
+        factor *= 2.0
     scale = max_side / max(h, w)
-    small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-    return small, w / small.shape[1]
+    if scale < 1.0:
+        image = cv2.resize(image, (round(w * scale), round(h * scale)),
+                           interpolation=cv2.INTER_LINEAR)
+        factor *= w / image.shape[1]
+    return image, factor
 
 
 def _tiles(h: int, w: int) -> list[tuple[int, int, int, int]]:

@@ -233,3 +233,22 @@ def test_warming_up_changes_no_result(backend: FaceMeshBackend, astronaut: np.nd
     backend.warm_up()
     (again,) = backend.detect(astronaut)
     np.testing.assert_array_equal(again.landmarks, face.landmarks)
+
+
+@pytest.mark.parametrize("size", [(3000, 4000), (2999, 3999), (4000, 6000), (900, 1300),
+                                  (700, 600)])
+def test_the_detection_copy_maps_back_to_full_resolution(size: tuple[int, int]) -> None:
+    from openeyesd.eyes.landmarks import _downscale
+
+    h, w = size
+    image = np.zeros((h, w, 3), np.uint8)
+    y, x = int(h * 0.37), int(w * 0.81)
+    image[y - 20:y + 20, x - 20:x + 20] = 255  # a square centred on (x, y) + 0.5 - 0.5
+    small, factor = _downscale(image, 1280)
+    assert max(small.shape[:2]) <= 1280
+    assert max(small.shape[:2]) >= 1279 or small.shape == image.shape
+    weights = small[..., 0].astype(np.float64)
+    rows, cols = np.indices(weights.shape)
+    centre = np.array([(cols * weights).sum(), (rows * weights).sum()]) / weights.sum()
+    back = (centre + 0.5) * factor  # continuous coordinates scale by the factor
+    assert np.abs(back - (x, y)).max() < 0.6
