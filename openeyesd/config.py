@@ -84,7 +84,8 @@ class LedgerConfig(_Section):
 
 class StateConfig(_Section):
     dir: Path = Path("state")
-    #: Days to keep a finished job's work directory (private copy + stage artifacts).
+    #: Days to keep a finished job's work directory (private copy + stage artifacts), and a
+    #: cached face analysis nobody has read.
     keep_artifacts_days: Annotated[float, Field(ge=0)] = 7.0
     #: Days to keep the work directory of failed jobs (for diagnosis).
     keep_failed_days: Annotated[float, Field(ge=0)] = 30.0

@@ -15,6 +15,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from openeyesd.config import Config
+from openeyesd.eyes.analysis import AnalysisCache
 from openeyesd.ledger import Ledger, utcnow
 
 log = structlog.get_logger()
@@ -43,8 +44,12 @@ def apply_retention(ledger: Ledger, config: Config) -> int:
         if path.is_relative_to(jobs_root):  # never delete outside our own state folder
             shutil.rmtree(path, ignore_errors=True)
         ledger.forget_work_dir(job_id)
-    if expired:
-        log.info("retention.cleaned", work_dirs=len(expired))
+    # Cached analyses are shared by a burst's jobs; once nobody has read one for as long as
+    # finished jobs keep their artifacts, its burst is long done.
+    analyses = AnalysisCache(config.analysis_dir).prune(
+        unused_for_s=config.state.keep_artifacts_days * 86_400)
+    if expired or analyses:
+        log.info("retention.cleaned", work_dirs=len(expired), analyses=analyses)
     return len(expired)
 
 

@@ -7,7 +7,10 @@ was analysed as its own job is not analysed again when a neighbour needs it (and
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,7 +210,9 @@ def frame_from_json(data: dict[str, Any]) -> FrameAnalysis:
 
 
 class AnalysisCache:
-    """``<dir>/<sha256>.v<version>.json``, written atomically; a damaged entry is a miss."""
+    """``<dir>/<sha256>.v<version>.json``, written atomically; a damaged entry is a miss.
+    Reading an entry marks it used (its mtime), so ``prune`` removes only entries nobody has
+    needed for a while; an entry pruned and needed after all is analysed again."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -216,10 +221,27 @@ class AnalysisCache:
         return self.directory / f"{sha256}.v{ANALYSIS_VERSION}.json"
 
     def get(self, sha256: str) -> FrameAnalysis | None:
+        path = self._path(sha256)
         try:
-            return frame_from_json(json.loads(self._path(sha256).read_text(encoding="utf-8")))
+            frame = frame_from_json(json.loads(path.read_text(encoding="utf-8")))
         except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
             return None
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        return frame
+
+    def prune(self, unused_for_s: float) -> int:
+        """Delete the entries (of any analysis version) not written or read for
+        ``unused_for_s`` seconds; returns how many. Without it the folder would grow by one
+        entry per photo for as long as the daemon runs."""
+        cutoff = time.time() - unused_for_s
+        removed = 0
+        for path in self.directory.glob("*.json"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def put(self, frame: FrameAnalysis) -> None:
         data = json.dumps(frame_to_json(frame), separators=(",", ":")).encode()

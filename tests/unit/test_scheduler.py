@@ -68,3 +68,28 @@ def test_reclaim_job_hands_back_expired_leases(config: Config, ledger: Ledger) -
         conn.execute(update(jobs).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     assert reclaim_stalled(ledger, config) == [job.id]
     assert ledger.get_job(job.id).state is JobState.QUEUED  # type: ignore[union-attr]
+
+
+def test_retention_prunes_cached_analyses_nobody_read_for_a_while(
+    config: Config, ledger: Ledger
+) -> None:
+    import os
+    import time
+
+    from openeyesd.eyes.analysis import ANALYSIS_VERSION, AnalysisCache, FrameAnalysis
+
+    cache = AnalysisCache(config.analysis_dir)
+    config.analysis_dir.mkdir(parents=True)
+    for name in ("old", "read", "new"):
+        cache.put(FrameAnalysis(sha256=name * 10, width=4, height=3))
+    superseded = config.analysis_dir / f"{'x' * 64}.v0.json"
+    superseded.write_text("{}")
+    eight_days_ago = time.time() - 8 * 86_400
+    for name in ("old", "read"):
+        path = config.analysis_dir / f"{name * 10}.v{ANALYSIS_VERSION}.json"
+        os.utime(path, (eight_days_ago, eight_days_ago))
+    os.utime(superseded, (eight_days_ago, eight_days_ago))
+    assert cache.get("read" * 10) is not None  # a burst still uses it: it stays
+    apply_retention(ledger, config)
+    assert cache.get("old" * 10) is None and not superseded.exists()
+    assert cache.get("read" * 10) is not None and cache.get("new" * 10) is not None
