@@ -31,7 +31,7 @@ from openeyesd.config import Config, LimitsConfig
 from openeyesd.errors import TransientError
 from openeyesd.eyes.analysis import AnalysisCache, EyeToolkit, FaceAnalysis, judge
 from openeyesd.eyes.assess import assess_face
-from openeyesd.eyes.donor_regions import EyeRegionStore
+from openeyesd.eyes.donor_regions import EyeRegionStore, eye_region_box
 from openeyesd.eyes.landmarks import LandmarkBackend, RefiningBackend
 from openeyesd.eyes.quality import SEAM_THRESHOLD, texture_ratio
 from openeyesd.eyes.transfer import (
@@ -204,7 +204,9 @@ class FixStage:
             if from_memory is not None:
                 ctx.memo[key] = from_memory
             else:
-                _decode_donor(ctx, item, [_grown(analysis.faces[i].face) for i in sorted(wanted)])
+                _decode_donor(ctx, item, [
+                    eye_region_box(analysis.faces[i].face, analysis.width, analysis.height)
+                    for i in sorted(wanted)])
         return ctx.memo[key][0], analysis.faces[item["donor_face_index"]]
 
 
@@ -265,8 +267,8 @@ def sparse_frame(
     """The upright frame with only ``boxes`` filled in (and the boxes, clamped), in
     full-frame coordinates, so faces and transforms stay as analysed, bit for bit. The rest
     is zero pages from ``np.zeros`` (calloc): never written, so never resident. The transfer
-    samples a donor around its eyes, well inside its face box grown by its own size;
-    ``_sampled_inside`` makes sure of it."""
+    samples a donor around its eyes (``donor_regions.eye_region_box``); ``_sampled_inside``
+    makes sure of it, and the donor is decoded whole when it did not."""
     info, regions = load_rgb_regions(path, limits, boxes)
     frame = np.zeros((info.upright_height, info.upright_width, 3), np.uint8)
     for (x0, y0, x1, y1), pixels in regions:
@@ -288,13 +290,6 @@ def _sampled_inside(results: list[EyeTransferResult], filled: list[Box]) -> bool
                    for b in filled):
             return False
     return True
-
-
-def _grown(face: Face) -> Box:
-    """The face box grown by its own width and height on every side (unclamped)."""
-    x0, y0, x1, y1 = face.box
-    w, h = x1 - x0, y1 - y0
-    return int(x0 - w), int(y0 - h), int(np.ceil(x1 + w)), int(np.ceil(y1 + h))
 
 
 def patch_artifact(

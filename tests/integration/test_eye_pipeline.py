@@ -307,23 +307,29 @@ def test_a_donor_deleted_between_plan_and_fix_makes_the_job_plan_again(
 def test_eyes_lent_from_memory_are_the_pixels_the_decoded_donor_gives(
     tmp_path: Path, frames: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The same burst fixed twice: with the donor's eye regions kept in memory by its assess
-    stage (the donor is never decoded again), and without."""
+    """The same burst fixed three ways: with the donor's eye regions kept in memory by its
+    assess stage (the donor is never decoded again); without them (decoded there only); and
+    with regions too tight for the warp (decoded whole after the first try)."""
     from openeyesd.config import parse_config
+    from openeyesd.eyes import donor_regions
     from openeyesd.stages import fix
     from tests.conftest import config_dict
 
     decodes: list[str] = []
     real_decode = fix._decode_donor
 
-    def counted(ctx: object, item: dict, boxes: object) -> object:
-        decodes.append(item["donor_image"])
+    def counted(ctx: object, item: dict, boxes: list | None) -> object:
+        decodes.append("regions" if boxes is not None else "whole")
         return real_decode(ctx, item, boxes)  # type: ignore[arg-type]
 
     monkeypatch.setattr(fix, "_decode_donor", counted)
-    fixed: dict[float, np.ndarray] = {}
-    for megabytes in (128.0, 0.0):
-        root = tmp_path / f"regions{megabytes:g}"
+    fixed: dict[str, np.ndarray] = {}
+    ways = {"memory": (128.0, 1.0, []), "decoded": (0.0, 1.0, ["regions"]),
+            "too_tight": (0.0, 0.0, ["regions", "whole"])}
+    for way, (megabytes, margin, expected_decodes) in ways.items():
+        monkeypatch.setattr(donor_regions, "REGION_MARGIN", margin)
+        decodes.clear()
+        root = tmp_path / way
         config = parse_config(config_dict(root, eyes={"session_quiet_s": 0.0,
                                                       "donor_regions_mb": megabytes}),
                               base_dir=root)
@@ -333,14 +339,10 @@ def test_eyes_lent_from_memory_are_the_pixels_the_decoded_donor_gives(
         save_frame(incoming / "b_shut.jpg", frames["shut"], "2026:11:20 10:00:01")
         enqueue_tree(ledger, config.watch[0].path, watch_root=config.watch[0].path,
                      pipeline_version=config.pipeline.version)
-        if megabytes:
-            worker = Worker(config=config, ledger=ledger, stages=lambda c=config: stages_for(c))
-            run_until_settled(config, ledger, worker=worker)
-            assert decodes == []
-        else:
-            run_until_settled(config, ledger)
-            assert len(decodes) == 1
+        run_until_settled(config, ledger)
+        assert decodes == expected_decodes, way
         outcome, _ = outcome_of(config, ledger, "session5/b_shut.jpg")
         assert outcome == "fixed"
-        fixed[megabytes] = np.asarray(Image.open(config.output.path / "session5/b_shut.jpg"))
-    assert np.array_equal(fixed[128.0], fixed[0.0])
+        fixed[way] = np.asarray(Image.open(config.output.path / "session5/b_shut.jpg"))
+    assert np.array_equal(fixed["memory"], fixed["decoded"])
+    assert np.array_equal(fixed["memory"], fixed["too_tight"])
