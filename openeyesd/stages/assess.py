@@ -34,9 +34,9 @@ class AssessStage:
     name = "assess"
     version = "1"
 
-    def __init__(self, toolkit: EyeToolkit, regions: EyeRegionStore | None = None) -> None:
+    def __init__(self, toolkit: EyeToolkit, regions: EyeRegionStore) -> None:
         self.toolkit = toolkit
-        self.regions = regions or EyeRegionStore(0)
+        self.regions = regions
 
     def settings(self, config: Config) -> dict[str, Any]:
         return {"analysis": ANALYSIS_VERSION, "min_face_px": config.eyes.min_face_px}

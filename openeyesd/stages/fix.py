@@ -89,11 +89,11 @@ class FixStage:
     # 4: eyes the check refuses are tried once more from the plan's fallback donors.
     version = "4"
 
-    def __init__(self, toolkit: EyeToolkit, regions: EyeRegionStore | None = None) -> None:
+    def __init__(self, toolkit: EyeToolkit, regions: EyeRegionStore) -> None:
         self.toolkit = toolkit
         #: Eye regions the assess stages left (see ``donor_regions``): a donor found there is
         #: not decoded again.
-        self.regions = regions or EyeRegionStore(0)
+        self.regions = regions
 
     def settings(self, config: Config) -> dict[str, Any]:
         return {"blend": str(config.eyes.blend)}

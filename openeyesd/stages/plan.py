@@ -83,9 +83,9 @@ class PlanStage:
     # fix stage's check refuses.
     version = "3"
 
-    def __init__(self, toolkit: EyeToolkit, regions: EyeRegionStore | None = None) -> None:
+    def __init__(self, toolkit: EyeToolkit, regions: EyeRegionStore) -> None:
         self.toolkit = toolkit
-        self.regions = regions or EyeRegionStore(0)
+        self.regions = regions
 
     def settings(self, config: Config) -> dict[str, Any]:
         eyes = config.eyes
