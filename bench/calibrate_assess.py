@@ -9,12 +9,10 @@ matches detected faces to the human labels, and prints:
 * leave-one-group-out figures: thresholds refitted without the group, then scored on it;
 * each feature's distribution for open and closed eyes, so thresholds can be chosen.
 
-Labels: single-face photos are parsed from the ``eyes`` column (``_parse_single``); for
-multi-face photos the manifest's words ("4th from left closed", "3 closed, 1 half-open") were
-mapped once, by looking at the photos, onto face-centre positions (``MULTI``). A face the mapping
-cannot place gets the photo's default label, which is "open" only where the manifest says all
-other faces are open. Half-closed, squinting and not-judgeable faces are "ambiguous": left out of
-recall and precision and listed on their own. Usage::
+Labels: ``bench/eval_labels.py`` places the manifest's words on the detected faces (its hand-made
+table for this folder's multi-face photos, else the words' own rules). Half-closed, squinting and
+not-judgeable faces are "ambiguous": left out of recall and precision and listed on their own.
+Usage::
 
     .venv/bin/python bench/calibrate_assess.py [--eval DIR] [--cache FILE.pkl] [--dump FILE.json]
 """
@@ -25,7 +23,6 @@ import argparse
 import csv
 import json
 import pickle
-import re
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -37,62 +34,9 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit_json
+from bench.eval_labels import OPEN, EyeLabels, labels_for
 from openeyesd.eyes import assess
 from openeyesd.eyes.types import EyeState, Face
-
-#: Per-eye label: "open", "closed", "amb" (half-closed, squinting, not judgeable).
-EyeLabels = tuple[str, str]  # (subject's right, subject's left)
-OPEN, CLOSED, AMB = ("open", "open"), ("closed", "closed"), ("amb", "amb")
-
-#: Multi-face photos: (substring of the file name, default label, [(cx, cy, label)]) with face
-#: centres as fractions of the (upright) image size, read off the photos.
-MULTI: list[tuple[str, EyeLabels, list[tuple[float, float, EyeLabels]]]] = [
-    ("P04_closed", OPEN, [(0.25, 0.43, CLOSED), (0.78, 0.35, CLOSED)]),
-    ("P05_a", OPEN, [(0.56, 0.21, CLOSED)]),
-    ("P05_b", OPEN, []),
-    ("P06_a", OPEN, [(0.85, 0.40, CLOSED)]),
-    ("P06_b", OPEN, [(0.19, 0.34, CLOSED)]),
-    ("P07_closed", CLOSED, []),
-    ("P07_open", OPEN, []),
-    ("P08_a", OPEN, [(0.66, 0.31, CLOSED)]),
-    ("P08_b", OPEN, []),
-    ("P09_111000", OPEN, []),
-    ("P09_111007", CLOSED, [(0.22, 0.49, AMB)]),
-    ("P09_111022", AMB, [(0.22, 0.45, CLOSED), (0.38, 0.43, CLOSED), (0.54, 0.44, OPEN),
-                         (0.78, 0.39, AMB)]),
-    # "open (2 narrow/half-open)": the smiling man and the man in the blue hoodie, whose lids
-    # hang half way; "half-open" is ambiguous here as in P09_111007.
-    ("P09_111035", OPEN, [(0.34, 0.42, AMB), (0.70, 0.46, AMB)]),
-    ("selfie-many-people", OPEN, []),
-    ("two_people", OPEN, []),
-    ("obama_and_biden", OPEN, []),
-    ("kit_with_rose", OPEN, []),
-    ("2007_007763", OPEN, []),
-    ("2008_002079", OPEN, [(0.28, 0.40, AMB), (0.73, 0.40, AMB)]),
-    ("2008_002470", OPEN, []),
-    ("2008_004176", OPEN, []),
-    ("2008_007676", OPEN, [(0.43, 0.41, CLOSED), (0.49, 0.23, AMB)]),
-    ("pexels-photo-93490", OPEN, []),
-    ("image10", OPEN, [(0.24, 0.26, AMB), (0.86, 0.28, AMB)]),
-    ("Hurricane", OPEN, []),
-]
-_MATCH_RADIUS = 0.04  # of the image size; faces in these photos are further apart than that
-
-
-def _parse_single(text: str) -> EyeLabels:
-    """The manifest's words for a one-face photo, as per-eye labels; unknown words raise."""
-    t = text.lower()
-    if t.startswith("open"):
-        return OPEN
-    if re.match(r"(nearly closed|half-closed|near-closed)", t):
-        return AMB
-    wink = re.match(r"one eye closed(/squinting)? \((wink, )?(subject )?(right|left)", t)
-    if wink:
-        other = "amb" if wink.group(1) else "open"  # "closed/squinting": other eye half shut
-        return ("closed", other) if wink.group(4) == "right" else (other, "closed")
-    if t.startswith("closed"):
-        return CLOSED
-    raise ValueError(f"no rule for the label {text!r}; add one")
 
 
 @dataclass
@@ -113,24 +57,6 @@ class LabelledFace:
         return "open" if self.labels == OPEN else "amb"
 
 
-def _labels_for(row: dict[str, str], faces: list[Face], size: tuple[int, int]) -> list[EyeLabels]:
-    spec = next((m for m in MULTI if m[0] in row["local_file"]), None)
-    if spec is None:
-        # One-face photo: the biggest face is the labelled one; any other is unlabelled.
-        biggest = max(range(len(faces)), key=lambda i: faces[i].width) if faces else -1
-        label = _parse_single(row["eyes"])
-        return [label if i == biggest else AMB for i in range(len(faces))]
-    _, default, placed = spec
-    out = []
-    for face in faces:
-        cx = (face.box[0] + face.box[2]) / 2 / size[0]
-        cy = (face.box[1] + face.box[3]) / 2 / size[1]
-        near = [lab for x, y, lab in placed if abs(x - cx) < _MATCH_RADIUS
-                and abs(y - cy) < _MATCH_RADIUS]
-        out.append(near[0] if near else default)
-    return out
-
-
 def load_faces(eval_dir: Path, cache: Path | None) -> list[LabelledFace]:
     from openeyesd.eyes.landmarks import FaceMeshBackend
 
@@ -149,7 +75,7 @@ def load_faces(eval_dir: Path, cache: Path | None) -> list[LabelledFace]:
             backend = backend or FaceMeshBackend()
             detected[name] = backend.detect(image)
         faces = detected[name]
-        labels = _labels_for(row, faces, (image.shape[1], image.shape[0]))
+        labels = labels_for(row, faces, (image.shape[1], image.shape[0])).labels
         for i, (face, lab) in enumerate(zip(faces, labels, strict=True)):
             measures = {side: assess.measure_eye(image, face, side) for side in ("right", "left")}
             out.append(LabelledFace(name, row["group"], row["pair_id"], i, face, lab, measures))

@@ -6,10 +6,12 @@ time only; nothing of it is copied into the repository. The contact sheet goes t
 
 Every photo goes through the product's own code: ``imageio.load_rgb``, then
 ``eyes.analysis.analyse`` with the toolkit ``build_toolkit`` makes from the default config.
-Labels are mapped onto the detected faces by ``bench/calibrate_assess.py`` (``_labels_for``,
-with its hand-made ``MULTI`` table for multi-face photos; ``LabelledFace.truth``: a face is
-closed if any eye is labelled closed; half-closed and not judgeable faces are "ambiguous",
-left out of precision and recall, and counted on their own). Reported:
+Labels are placed onto the detected faces by ``bench/eval_labels.py`` (its hand-made table for
+this folder's multi-face photos, else rules for the manifest's words; the report says how many
+faces each way and lists words it did not understand). ``LabelledFace.truth``: a face is closed
+if any eye is labelled closed; half-closed and not judgeable faces are "ambiguous", left out of
+precision and recall, and counted on their own. A photo that cannot be read or analysed is
+listed and left out, never the end of the run. Reported:
 
 * **detection recall**: per photo min(found, labelled) / labelled, labelled = the manifest's
   ``n_faces`` ("~10" counts 10);
@@ -40,7 +42,6 @@ import argparse
 import csv
 import dataclasses
 import os
-import re
 import sys
 import tempfile
 import time
@@ -60,7 +61,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._common import emit_json, median  # noqa: E402
-from bench.calibrate_assess import EyeLabels, LabelledFace, Score, _labels_for  # noqa: E402
+from bench.calibrate_assess import LabelledFace, Score  # noqa: E402
+from bench.eval_labels import EyeLabels, PlacedLabels, labelled_count, labels_for  # noqa: E402
 from openeyesd.config import Config, LimitsConfig, parse_config  # noqa: E402
 from openeyesd.eyes.analysis import EyeToolkit, FrameAnalysis, analyse, build_toolkit  # noqa: E402
 from openeyesd.eyes.donors import (  # noqa: E402
@@ -99,6 +101,8 @@ class Photo:
     labelled: int
     analysis: FrameAnalysis
     labels: list[EyeLabels]
+    #: How ``labels`` were placed (``eval_labels.PlacedLabels``).
+    placed: PlacedLabels
     #: The analysis after ``rejudge_in_burst`` where the photo has partner frames.
     judged: FrameAnalysis | None = None
     #: Per face, the person's widest openings in the burst (empty without partner frames).
@@ -144,26 +148,36 @@ def default_toolkit() -> tuple[Config, EyeToolkit]:
     return config, build_toolkit(config)
 
 
-def labelled_count(text: str) -> int:
-    """The manifest's ``n_faces``: "3", "~10 (several partial)", "10+ (crowd)"."""
-    found = re.search(r"\d+", text)
-    return int(found.group()) if found else 1
-
-
-def load_photos(data: Path, toolkit: EyeToolkit) -> list[Photo]:
+def load_photos(data: Path, toolkit: EyeToolkit) -> tuple[list[Photo], list[str]]:
+    """The manifest's photos, analysed and labelled, and a line for each one left out."""
     rows = list(csv.DictReader((data / "MANIFEST.tsv").open(), delimiter="\t"))
-    photos = []
+    photos, skipped = [], []
     for row in rows:
         path = data / row["local_file"]
-        if row["group"] == "video" or not is_image_name(path):
+        if row.get("group") == "video" or not is_image_name(path):
             continue
-        pixels = load_rgb(path, LIMITS).pixels
-        analysis = analyse(pixels, sha256_file(path), toolkit)
+        try:
+            pixels = load_rgb(path, LIMITS).pixels
+            analysis = analyse(pixels, sha256_file(path), toolkit)
+        except Exception as exc:  # noqa: BLE001 - one bad photo must not end the evaluation
+            skipped.append(f"{row['local_file']}: {type(exc).__name__}: {exc}")
+            continue
         size = (pixels.shape[1], pixels.shape[0])
-        labels = _labels_for(row, [f.face for f in analysis.faces], size)
-        photos.append(Photo(row["local_file"], row["group"], row["pair_id"], path,
-                            labelled_count(row["n_faces"]), analysis, labels))
-    return photos
+        placed = labels_for(row, [f.face for f in analysis.faces], size)
+        photos.append(Photo(row["local_file"], row.get("group", ""), row.get("pair_id", ""),
+                            path, labelled_count(row.get("n_faces", "1")), analysis,
+                            placed.labels, placed))
+    return photos, skipped
+
+
+def label_summary(photos: list[Photo]) -> dict[str, Any]:
+    """How the labels were placed: photos per way, faces matched by count, words not
+    understood (see bench/eval_labels.py)."""
+    return {
+        "photos_by_way": dict(Counter(p.placed.how for p in photos)),
+        "faces_placed_by_count": sum(p.placed.by_count for p in photos),
+        "not_understood": [p.file for p in photos if p.placed.how == "not understood"],
+    }
 
 
 def partners_of(photo: Photo, photos: list[Photo]) -> list[Photo]:
@@ -469,14 +483,21 @@ def print_attempts(attempts: list[Attempt]) -> None:
               + (f" (first donor refused: {a.first_refusal})" if a.first_refusal else ""))
 
 
-def report(photos: list[Photo], attempts: list[Attempt], sheet: tuple[Path, int],
-           seconds: float) -> dict[str, Any]:
+def report(photos: list[Photo], skipped: list[str], attempts: list[Attempt],
+           sheet: tuple[Path, int], seconds: float) -> dict[str, Any]:
     burst, single, errors = assessment_scores(photos)
+    labels = label_summary(photos)
     recall, found, labelled = detection_recall(photos)
     fixes = fix_summary(attempts)
     with_partners = sum(p.judged is not p.analysis for p in photos)
     print(f"{len(photos)} photos ({with_partners} judged with partner frames), "
           f"{sum(len(p.analysis.faces) for p in photos)} faces found")
+    print("photos left out (unreadable or failed analysis): "
+          + ("; ".join(skipped) if skipped else "none"))
+    print(f"labels placed: photos {labels['photos_by_way']}; "
+          f"{labels['faces_placed_by_count']} faces matched to a count by lid opening"
+          + (f"; words not understood (faces left out as ambiguous): {labels['not_understood']}"
+             if labels["not_understood"] else ""))
     print(f"detection recall {recall:.3f} ({found}/{labelled} labelled faces)")
     print("with the burst rule: " + burst.line())
     print("single photo only:   " + single.line())
@@ -504,6 +525,7 @@ def report(photos: list[Photo], attempts: list[Attempt], sheet: tuple[Path, int]
         "face_recall": round(recall, 3), "closed_precision": round(burst.as_dict()["precision"], 3),
         "closed_recall": round(burst.as_dict()["recall"], 3), "open_faces_altered": burst.fp,
         "single_photo": single.as_dict(), "burst_rule": burst.as_dict(), **fixes,
+        "labels": labels, "photos_left_out": skipped,
         "contact_sheet": str(sheet[0]), "seconds": round(seconds, 1),
     }
 
@@ -523,12 +545,12 @@ def main() -> None:
     started = time.perf_counter()
     config, toolkit = default_toolkit()
     print(f"evaluation set {args.data}; OpenCV at 1 thread; blend {config.eyes.blend}")
-    photos = load_photos(args.data, toolkit)
+    photos, skipped = load_photos(args.data, toolkit)
     judge_in_bursts(photos)
     attempts = [a for photo in fix_sets(photos)
                 for a in fix_photo(photo, photos, toolkit, str(config.eyes.blend))]
     sheet = (args.sheet, contact_sheet(attempts, args.sheet))
-    payload = report(photos, attempts, sheet, time.perf_counter() - started)
+    payload = report(photos, skipped, attempts, sheet, time.perf_counter() - started)
     if args.json:
         emit_json({"bench": "eval_eyes", **payload})
 
