@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import emit_json
 from bench.eval_labels import OPEN, EyeLabels, labels_for
 from openeyesd.eyes import assess
-from openeyesd.eyes.types import EyeState, Face
+from openeyesd.eyes.types import SIDES, EyeState, Face
 
 
 @dataclass
@@ -118,8 +118,9 @@ def burst_partners(faces: list[LabelledFace], eval_dir: Path) -> dict[int, list[
 def face_state(lf: LabelledFace, t: assess.Thresholds,
                baseline: dict[str, float | None] | None = None) -> str:
     """The face's verdict: closed if any eye is, unknown if no eye is closed but one is unknown."""
-    states = [assess.classify(lf.measures[s], baseline=(baseline or {}).get(s), thresholds=t).state
-              for s in ("right", "left")]
+    verdicts = {s: assess.classify(lf.measures[s], baseline=(baseline or {}).get(s), thresholds=t)
+                for s in SIDES}
+    states = [v.state for v in assess.judge_wink(lf.measures, verdicts, baseline, t).values()]
     if EyeState.CLOSED in states:
         return "closed"
     return "unknown" if EyeState.UNKNOWN in states else "open"

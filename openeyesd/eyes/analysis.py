@@ -26,6 +26,7 @@ from openeyesd.eyes.assess import (
     FaceAssessment,
     assess_face,
     classify,
+    judge_wink,
 )
 from openeyesd.eyes.blink import BlinkModel, classify_with_blink
 from openeyesd.eyes.donors import eye_sharpness
@@ -91,12 +92,15 @@ def judge(
     baselines: dict[Side, float | None] | None = None,
 ) -> dict[Side, EyeVerdict]:
     """Each eye's verdict: lid opening (against the person's burst baselines when known),
-    and eyeBlink where available (it catches closed eyes under lashes that read open)."""
+    and eyeBlink where available (it catches closed eyes under lashes that read open); then
+    a wink, one eye dropped against the burst while the other did not."""
     base = baselines or {}
     if blink is None:
-        return {side: classify(measurements[side], baseline=base.get(side)) for side in SIDES}
-    return {side: classify_with_blink(measurements[side], blink[side], baseline=base.get(side))
-            for side in SIDES}
+        verdicts = {side: classify(measurements[side], baseline=base.get(side)) for side in SIDES}
+    else:
+        verdicts = {side: classify_with_blink(measurements[side], blink[side],
+                                              baseline=base.get(side)) for side in SIDES}
+    return judge_wink(measurements, verdicts, baselines)
 
 
 def detect_faces(image_rgb: np.ndarray, toolkit: EyeToolkit) -> list[Face]:

@@ -73,6 +73,15 @@ class Thresholds:
     #: Eye band flatter than this (L* p90 - p10 relative to the cheek's L*) is "unknown":
     #: sunglasses measured 0.00-0.05, closed eyes >= 0.13 (lashes and lid crease show).
     flat_contrast: float = 0.08
+    #: A wink (``judge_wink``): an eye read open is closed when its opening is below this
+    #: fraction both of its burst baseline and of the other eye in the same frame ... The
+    #: one wink the relative rule misses measured 0.62 and 0.59; the open eyes nearest on
+    #: either measure, 0.84 (P08: 0.58 of its baseline but 0.84 of its other eye; 0.84 of its
+    #: baseline but 0.49 of its other eye).
+    wink_ratio: float = 0.7
+    #: ... while the other eye holds at least this fraction of its own baseline (the wink
+    #: measured 1.00): one eye shut while the other stays as it was, not both narrowing.
+    wink_steady: float = 0.9
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -273,6 +282,39 @@ def classify(
     return EyeVerdict(state, score, f"opening {m.opening:.3f} {word} {limit:.3f} ({source})")
 
 
+_EYE_AND_OTHER: tuple[tuple[Side, Side], ...] = (("right", "left"), ("left", "right"))
+
+
+def judge_wink(
+    measurements: dict[Side, EyeMeasurement], verdicts: dict[Side, EyeVerdict],
+    baselines: dict[Side, float | None] | None, thresholds: Thresholds | None = None,
+) -> dict[Side, EyeVerdict]:
+    """``verdicts`` with a wink the per-eye rule read open made closed (see ``wink_ratio``).
+
+    A per-eye limit relative to the burst cannot go higher without closing open eyes that
+    narrow in a smile; a wink differs in that one eye drops while the other does not, which
+    only the two eyes together show. Needs both baselines; unknown eyes are never touched."""
+    t = thresholds or DEFAULT_THRESHOLDS
+    base = baselines or {}
+    out = dict(verdicts)
+    for side, other in _EYE_AND_OTHER:
+        own_base, other_base = base.get(side), base.get(other)
+        if (verdicts[side].state is not EyeState.OPEN
+                or verdicts[other].state is not EyeState.OPEN
+                or own_base is None or other_base is None
+                or min(own_base, other_base) < t.min_baseline):
+            continue
+        opening, other_opening = measurements[side].opening, measurements[other].opening
+        limit = t.wink_ratio * min(own_base, other_opening)
+        if opening < limit and other_opening >= t.wink_steady * other_base:
+            out[side] = EyeVerdict(
+                EyeState.CLOSED, opening - limit,
+                f"a wink: opening {opening:.3f} < {t.wink_ratio:.2f} x min(burst baseline "
+                f"{own_base:.3f}, other eye {other_opening:.3f}), other eye at "
+                f"{other_opening / other_base:.2f} of its baseline")
+    return out
+
+
 def assess_face(
     image_rgb: np.ndarray, face: Face, *, baselines: dict[Side, float | None] | None = None,
     thresholds: Thresholds | None = None,
@@ -303,5 +345,6 @@ def assess_relative(
     """Verdicts for one person's measurements across the frames of a burst, each eye judged
     against that eye's widest frame. The caller matches faces to persons (identity backend)."""
     base = burst_baselines(frames, thresholds)
-    return [{side: classify(f[side], baseline=base[side], thresholds=thresholds) for side in SIDES}
+    return [judge_wink(f, {side: classify(f[side], baseline=base[side], thresholds=thresholds)
+                           for side in SIDES}, base, thresholds)
             for f in frames]

@@ -97,6 +97,55 @@ def test_assess_relative_judges_each_frame_against_the_widest() -> None:
     assert all(v["left"].state is EyeState.OPEN for v in verdicts)
 
 
+def _pair(right: float, left: float) -> dict[Side, EyeMeasurement]:
+    return {"right": _measurement(opening=right), "left": _measurement(side="left", opening=left)}
+
+
+def _judged(frame: dict[Side, EyeMeasurement], baselines: dict[Side, float | None]) -> dict:
+    verdicts = {side: classify(frame[side], baseline=baselines[side]) for side in frame}
+    return {side: v.state for side, v in assess.judge_wink(frame, verdicts, baselines).items()}
+
+
+def test_a_wink_is_one_eye_dropping_while_the_other_holds() -> None:
+    # 0.62 of its widest frame: open by the per-eye rule (limit 0.55 x baseline) ...
+    wink = _pair(right=0.23, left=0.136)
+    base: dict[Side, float | None] = {"right": 0.23, "left": 0.218}
+    assert classify(wink["left"], baseline=0.218).state is EyeState.OPEN
+    # ... but the other eye is as open as ever: a wink.
+    assert _judged(wink, base) == {"right": EyeState.OPEN, "left": EyeState.CLOSED}
+    verdict = assess.judge_wink(wink, {s: classify(wink[s], baseline=base[s]) for s in wink},
+                                base)["left"]
+    assert verdict.score < 0 and "a wink" in verdict.reason
+
+
+def test_both_eyes_narrowing_is_not_a_wink() -> None:
+    base: dict[Side, float | None] = {"right": 0.30, "left": 0.30}
+    # A smile: both eyes at 0.6 of their widest, neither well below the other.
+    assert _judged(_pair(0.18, 0.17), base) == {"right": EyeState.OPEN, "left": EyeState.OPEN}
+    # One eye well below the other, but the other has dropped too (0.83 of its baseline);
+    # with the other eye steady the same eye is a wink.
+    assert _judged(_pair(0.25, 0.17), base)["left"] is EyeState.OPEN
+    assert _judged(_pair(0.28, 0.17), base)["left"] is EyeState.CLOSED
+    # One eye well below the other, but near its own widest frame: a lopsided face.
+    assert _judged(_pair(0.40, 0.25), {"right": 0.40, "left": 0.27})["left"] is EyeState.OPEN
+
+
+def test_no_wink_without_both_baselines_or_with_an_unknown_eye() -> None:
+    wink = _pair(right=0.23, left=0.136)
+    assert _judged(wink, {"right": None, "left": 0.218})["left"] is EyeState.OPEN
+    assert _judged(wink, {"right": 0.23, "left": None})["left"] is EyeState.OPEN
+    small = {**wink, "right": _measurement(opening=0.23, width_px=6.0)}
+    states = _judged(small, {"right": 0.23, "left": 0.218})
+    assert states == {"right": EyeState.UNKNOWN, "left": EyeState.OPEN}
+
+
+def test_assess_relative_finds_a_wink_in_the_burst() -> None:
+    frames = [_pair(0.23, 0.218), _pair(0.23, 0.136)]
+    verdicts = assess.assess_relative(frames)
+    assert verdicts[1]["left"].state is EyeState.CLOSED
+    assert verdicts[0]["left"].state is verdicts[1]["right"].state is EyeState.OPEN
+
+
 def test_thresholds_are_frozen_and_overridable() -> None:
     t = Thresholds()
     with pytest.raises(AttributeError):
