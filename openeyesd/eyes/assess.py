@@ -10,6 +10,9 @@ Evidence, chosen by measurement on the evaluation set (docs/assess.md has the fi
   eye's widest frame of the burst. On the evaluation bursts closed frames are at <= 0.60 of that
   baseline on their more closed eye (one exception at 0.76) and open frames at >= 0.82; a
   narrow-eyed person is judged against their own narrow open eyes, not against everyone's.
+* **both eyes together** (``judge_wink``): in a burst, an eye that dropped well below its
+  widest frame *and* below the other eye, while the other eye holds its own, is a wink, even
+  where the per-eye limit (kept low for faces that narrow both eyes in a smile) reads it open.
 * **guards** that make a verdict "unknown", which is never fixed: eye narrower than
   ``min_eye_px`` (open and closed openings overlap below ~10 px), head turned past ``max_yaw``,
   the eye crop off the image, no iris from the backend, or an eye band with almost no contrast
