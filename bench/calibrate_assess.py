@@ -70,7 +70,11 @@ def load_faces(eval_dir: Path, cache: Path | None) -> list[LabelledFace]:
         name = row["local_file"]
         if row["group"] == "video":
             continue
-        image = np.asarray(ImageOps.exif_transpose(Image.open(eval_dir / name)).convert("RGB"))
+        try:
+            image = np.asarray(ImageOps.exif_transpose(Image.open(eval_dir / name)).convert("RGB"))
+        except OSError as exc:  # missing, cut off or not an image: one photo, not the run
+            print(f"  left out, cannot read {name}: {exc}")
+            continue
         if name not in detected:
             backend = backend or FaceMeshBackend()
             detected[name] = backend.detect(image)

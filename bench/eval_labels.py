@@ -222,7 +222,7 @@ def parse_words(text: str) -> PhotoWords:
 
 def _take_inner_counts(words: PhotoWords, inside: str, state: EyeLabels) -> None:
     """Counts in the parentheses of a whole-photo clause: "open (2 narrow/half-open)"."""
-    for sub in split_clauses(inside.replace(" ; ", ";")):
+    for sub in split_clauses(inside):
         inner = clause_state(sub)
         if inner is None or inner == state:
             continue
