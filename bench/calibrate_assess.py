@@ -124,7 +124,7 @@ def face_state(lf: LabelledFace, t: assess.Thresholds,
     """The face's verdict: closed if any eye is, unknown if no eye is closed but one is unknown."""
     verdicts = {s: assess.classify(lf.measures[s], baseline=(baseline or {}).get(s), thresholds=t)
                 for s in SIDES}
-    states = [v.state for v in assess.judge_wink(lf.measures, verdicts, baseline, t).values()]
+    states = [v.state for v in assess.judge_both_eyes(lf.measures, verdicts, baseline, t).values()]
     if EyeState.CLOSED in states:
         return "closed"
     return "unknown" if EyeState.UNKNOWN in states else "open"

@@ -174,7 +174,9 @@ class EyesConfig(_Section):
     references: tuple[Path, ...] = ()
     blend: BlendMethodName = BlendMethodName.POISSON
     #: Faces narrower than this (pixels) are too small to judge or fix: their eyes are "unknown".
-    min_face_px: Annotated[int, Field(ge=16)] = 60
+    #: From here up to ~60 px (eyes under 10 px) an eye is only ever read closed, where the
+    #: landmarks draw both eyes' lids shut (docs/assess.md, "Small faces").
+    min_face_px: Annotated[int, Field(ge=16)] = 40
     #: Longest side of the downscaled copy faces are searched on (landmarks are then refined
     #: on full-resolution crops).
     detect_max_side: Annotated[int, Field(ge=256)] = 1280

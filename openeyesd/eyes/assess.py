@@ -12,7 +12,9 @@ Evidence, chosen by measurement on the evaluation set (docs/assess.md has the fi
   narrow-eyed person is judged against their own narrow open eyes, not against everyone's.
 * **both eyes together** (``judge_wink``): in a burst, an eye that dropped well below its
   widest frame *and* below the other eye, while the other eye holds its own, is a wink, even
-  where the per-eye limit (kept low for faces that narrow both eyes in a smile) reads it open.
+  where the per-eye limit (kept low for faces that narrow both eyes in a smile) reads it open;
+  and a small face (eyes 7-10 px) is closed where the landmark net drew both eyes' lids shut
+  (``judge_small_shut``), the one reading of so small an eye that no open eye gave.
 * **guards** that make a verdict "unknown", which is never fixed: eye narrower than
   ``min_eye_px`` (open and closed openings overlap below ~10 px), head turned past ``max_yaw``,
   the eye crop off the image, no iris from the backend, or an eye band with almost no contrast
@@ -85,6 +87,13 @@ class Thresholds:
     #: ... while the other eye holds at least this fraction of its own baseline (the wink
     #: measured 1.00): one eye shut while the other stays as it was, not both narrowing.
     wink_steady: float = 0.9
+    #: Eyes from this width up to ``min_eye_px`` are too small to read open, but where the
+    #: landmark net draws the lids of both eyes meeting or crossed (opening 0) the face is
+    #: closed (``judge_small_shut``). Eval faces with eyes >= 16 px shrunk until their eyes
+    #: were 6.5-9.5 px, as is and as JPEG at quality 75 and 40 (bench/calibrate_small_eyes.py):
+    #: 0 of 1,758 open fits read so, 85 of 1,141 closed ones. Under 7 px it found no closed
+    #: face, and an earlier run that re-fitted the known box found one open face at 6.6 px.
+    min_shut_eye_px: float = 7.0
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -247,9 +256,12 @@ def measure_eye(image_rgb: np.ndarray, face: Face, side: Side) -> EyeMeasurement
     )
 
 
-def _unknown_reason(m: EyeMeasurement, t: Thresholds) -> str | None:
-    if m.width_px < t.min_eye_px:
-        return f"eye too small ({m.width_px:.0f} px < {t.min_eye_px:.0f})"
+def _unknown_reason(m: EyeMeasurement, t: Thresholds, min_px: float | None = None) -> str | None:
+    """Why this eye cannot be judged, or None. ``min_px``: the smallest eye width accepted
+    (``t.min_eye_px`` unless given)."""
+    smallest = t.min_eye_px if min_px is None else min_px
+    if m.width_px < smallest:
+        return f"eye too small ({m.width_px:.0f} px < {smallest:.0f})"
     if abs(m.yaw) > t.max_yaw:
         return f"head turned ({m.yaw:.0f} degrees)"
     if m.outside > t.max_outside:
@@ -318,16 +330,52 @@ def judge_wink(
     return out
 
 
+def judge_small_shut(
+    measurements: dict[Side, EyeMeasurement], verdicts: dict[Side, EyeVerdict],
+    thresholds: Thresholds | None = None,
+) -> dict[Side, EyeVerdict]:
+    """``verdicts`` with a small face's eyes closed where the landmark net drew both eyes' lids
+    shut (see ``min_shut_eye_px``).
+
+    Below ``min_eye_px`` an open eye can measure as narrow as a closed one, so a small eye is
+    never read open; lids that meet on both eyes are the one reading no open eye gave at these
+    sizes. One eye alone is not enough (it happened on open eyes), and every other guard
+    (pose, image edge, iris, flat band) must pass on both eyes."""
+    t = thresholds or DEFAULT_THRESHOLDS
+    small = [s for s in SIDES if measurements[s].width_px < t.min_eye_px]
+    if not small or any(verdicts[s].state is not EyeState.UNKNOWN for s in small):
+        return verdicts
+    for side in SIDES:
+        m = measurements[side]
+        if _unknown_reason(m, t, min_px=t.min_shut_eye_px) is not None or m.opening > 0.0:
+            return verdicts
+    width = min(m.width_px for m in measurements.values())
+    return {side: EyeVerdict(EyeState.CLOSED, 0.0,
+                             f"small eyes ({width:.0f} px), both lids drawn shut: opening 0")
+            for side in SIDES}
+
+
+def judge_both_eyes(
+    measurements: dict[Side, EyeMeasurement], verdicts: dict[Side, EyeVerdict],
+    baselines: dict[Side, float | None] | None, thresholds: Thresholds | None = None,
+) -> dict[Side, EyeVerdict]:
+    """The rules that read the two eyes of one face together, after each eye's own verdict:
+    a wink (``judge_wink``) and a small face shut on both eyes (``judge_small_shut``)."""
+    winked = judge_wink(measurements, verdicts, baselines, thresholds)
+    return judge_small_shut(measurements, winked, thresholds)
+
+
 def assess_face(
     image_rgb: np.ndarray, face: Face, *, baselines: dict[Side, float | None] | None = None,
     thresholds: Thresholds | None = None,
 ) -> FaceAssessment:
-    """Both eyes of ``face``, each judged on its own (a wink closes one)."""
+    """Both eyes of ``face``, each judged on its own (a wink closes one), then together
+    (``judge_both_eyes``)."""
     measures = {side: measure_eye(image_rgb, face, side) for side in SIDES}
     base = baselines or {}
     verdicts = {side: classify(measures[side], baseline=base.get(side), thresholds=thresholds)
                 for side in SIDES}
-    return FaceAssessment(measures, verdicts)
+    return FaceAssessment(measures, judge_both_eyes(measures, verdicts, baselines, thresholds))
 
 
 def burst_baselines(
@@ -348,6 +396,7 @@ def assess_relative(
     """Verdicts for one person's measurements across the frames of a burst, each eye judged
     against that eye's widest frame. The caller matches faces to persons (identity backend)."""
     base = burst_baselines(frames, thresholds)
-    return [judge_wink(f, {side: classify(f[side], baseline=base[side], thresholds=thresholds)
-                           for side in SIDES}, base, thresholds)
+    return [judge_both_eyes(f, {side: classify(f[side], baseline=base[side],
+                                               thresholds=thresholds)
+                                for side in SIDES}, base, thresholds)
             for f in frames]

@@ -146,6 +146,54 @@ def test_assess_relative_finds_a_wink_in_the_burst() -> None:
     assert verdicts[0]["left"].state is verdicts[1]["right"].state is EyeState.OPEN
 
 
+def _small_pair(right: float, left: float, width: float = 8.0,
+                **overrides: float | None) -> dict[Side, EyeMeasurement]:
+    return {"right": _measurement(opening=right, width_px=width, **overrides),
+            "left": _measurement(side="left", opening=left, width_px=width)}
+
+
+def _small_judged(frame: dict[Side, EyeMeasurement]) -> dict[Side, assess.EyeVerdict]:
+    verdicts = {side: classify(frame[side]) for side in frame}
+    return assess.judge_both_eyes(frame, verdicts, None)
+
+
+def test_small_face_with_both_lids_shut_is_closed() -> None:
+    # 8 px eyes are too small to read open, but lids drawn shut on both eyes read closed.
+    frame = _small_pair(0.0, 0.0)
+    assert all(classify(m).state is EyeState.UNKNOWN for m in frame.values())
+    judged = _small_judged(frame)
+    assert [v.state for v in judged.values()] == [EyeState.CLOSED, EyeState.CLOSED]
+    assert all("both lids drawn shut" in v.reason for v in judged.values())
+    # The same in a burst, where no frame gives a baseline (small eyes are never one).
+    verdicts = assess.assess_relative([frame, _small_pair(0.2, 0.2)])
+    assert [v.state for v in verdicts[0].values()] == [EyeState.CLOSED, EyeState.CLOSED]
+    assert all(v.state is EyeState.UNKNOWN for v in verdicts[1].values())
+
+
+@pytest.mark.parametrize(("frame", "why"), [
+    (_small_pair(0.0, 0.03), "one eye's lids apart: open small eyes measured 0.02-0.1"),
+    (_small_pair(0.0, 0.0, width=6.5), "under min_shut_eye_px"),
+    (_small_pair(0.0, 0.0, yaw=55.0), "another guard fails on one eye"),
+    (_small_pair(0.0, 0.0, contrast=0.02), "a flat eye band"),
+    (_small_pair(0.0, 0.0, iris_visible=None), "no iris"),
+])
+def test_small_face_stays_unknown_unless_every_condition_holds(
+        frame: dict[Side, EyeMeasurement], why: str) -> None:
+    assert all(v.state is EyeState.UNKNOWN for v in _small_judged(frame).values()), why
+
+
+def test_small_face_rule_leaves_judgeable_eyes_to_their_own_rule() -> None:
+    # Eyes of 10 px or more: the per-eye rule decides, the small-face rule changes nothing.
+    frame = _pair(0.0, 0.3)
+    verdicts = {side: classify(frame[side]) for side in frame}
+    assert assess.judge_small_shut(frame, verdicts) == verdicts
+    # One eye judgeable and read open: the small other eye stays unknown.
+    lopsided = {"right": _measurement(opening=0.0, width_px=8.0),
+                "left": _measurement(side="left", opening=0.3, width_px=11.0)}
+    states = {s: v.state for s, v in _small_judged(lopsided).items()}
+    assert states == {"right": EyeState.UNKNOWN, "left": EyeState.OPEN}
+
+
 def test_thresholds_are_frozen_and_overridable() -> None:
     t = Thresholds()
     with pytest.raises(AttributeError):
@@ -257,6 +305,30 @@ def test_tiny_face_is_unknown(astronaut: np.ndarray, face: Face) -> None:
     result = assess.assess_face(small, _scaled(face, 0.25))
     assert all(v.state is EyeState.UNKNOWN for v in result.verdicts.values())
     assert all("too small" in v.reason for v in result.verdicts.values())
+
+
+@needs_models
+def test_small_face_reads_closed_only_where_both_lids_are_shut(
+        backend, astronaut: np.ndarray, face: Face) -> None:
+    # Shrunk until the eyes are 7.5-9.5 px: the open face is never read closed; painted shut,
+    # the landmarks draw both lids shut at some of these sizes (7.5 and 9.5 px here), and
+    # there it reads closed.
+    shut = close_eye(close_eye(astronaut, face.eyes["right"]), face.eyes["left"])
+    eye_px = min(e.width for e in face.eyes.values())
+    found_shut = []
+    for target in (7.5, 8.0, 8.5, 9.0, 9.5):
+        factor = target / eye_px
+        for image, is_shut in ((astronaut, False), (shut, True)):
+            small = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+            (small_face,) = backend.detect(small)
+            result = assess.assess_face(small, small_face)
+            assert all(m.width_px < 10 for m in result.measurements.values())
+            if not is_shut:
+                assert not result.needs_fix
+            elif result.needs_fix:
+                assert all("both lids drawn shut" in v.reason for v in result.verdicts.values())
+                found_shut.append(target)
+    assert found_shut
 
 
 @needs_models
