@@ -53,7 +53,7 @@ TARGET_EYE_PX = (6.5, 7.0, 7.5, 8.0, 8.5, 9.0, 9.5)
 JPEG_QUALITIES: tuple[int | None, ...] = (None, 75, 40)
 #: Faces must start at least this wide (eye px) to be shrunk: their labels are reliable.
 SOURCE_MIN_EYE_PX = 16.0
-WIDTH_BINS = ((5.0, 6.0), (6.0, 7.0), (7.0, 8.0), (8.0, 9.0), (9.0, 10.0))
+#: Width bins (px) for the report: whole pixels from the smallest target to the largest.
 
 
 @dataclass(frozen=True)
@@ -110,18 +110,20 @@ def refound(faces: list[Face], original: Face, factor: float) -> Face | None:
     return best if np.linalg.norm(best_centre - centre) < 0.3 * size else None
 
 
-def shrink_and_judge(faces: list[LabelledFace], eval_dir: Path) -> tuple[list[Fit], int]:
+def shrink_and_judge(faces: list[LabelledFace], eval_dir: Path,
+                     targets: tuple[float, ...] = TARGET_EYE_PX,
+                     source_min_px: float = SOURCE_MIN_EYE_PX) -> tuple[list[Fit], int]:
     backend = FaceMeshBackend()
     fits: list[Fit] = []
     lost = 0
     by_file: dict[str, list[LabelledFace]] = defaultdict(list)
     for lf in faces:
-        if lf.truth != "amb" and eye_px(lf.face) >= SOURCE_MIN_EYE_PX:
+        if lf.truth != "amb" and eye_px(lf.face) >= source_min_px:
             by_file[lf.file].append(lf)
     for file, chosen in by_file.items():
         image = np.asarray(ImageOps.exif_transpose(Image.open(eval_dir / file)).convert("RGB"))
         for lf in chosen:
-            for target in TARGET_EYE_PX:
+            for target in targets:
                 factor = target / eye_px(lf.face)
                 for quality in JPEG_QUALITIES:
                     small = shrunk(image, factor, quality)
@@ -133,9 +135,18 @@ def shrink_and_judge(faces: list[LabelledFace], eval_dir: Path) -> tuple[list[Fi
     return fits, lost
 
 
-def by_width(fits: list[Fit]) -> list[dict[str, float | int | str]]:
-    rows: list[dict[str, float | int | str]] = []
-    for low, high in WIDTH_BINS:
+def width_bins(targets: tuple[float, ...]) -> list[tuple[float, float]]:
+    """Whole-pixel bins covering the targets, one pixel more below (fits measure narrower)."""
+    low, high = int(min(targets)) - 1, int(max(targets)) + 1
+    return [(float(w), float(w + 1)) for w in range(max(low, 1), high)]
+
+
+Row = dict[str, float | int | str]
+
+
+def by_width(fits: list[Fit], bins: list[tuple[float, float]]) -> list[Row]:
+    rows: list[Row] = []
+    for low, high in bins:
         inside = [f for f in fits if low <= f.eye_px < high]
         opened = [f for f in inside if f.truth == "open"]
         closed = [f for f in inside if f.truth == "closed"]
@@ -177,6 +188,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="pickle of detections, reused when present")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     parser.add_argument("--fits", type=Path, help="also save the shrunk faces' measurements")
+    parser.add_argument("--targets", default=",".join(f"{t:g}" for t in TARGET_EYE_PX),
+                        help="eye widths (px) to shrink to, comma-separated")
+    parser.add_argument("--source-min-eye-px", type=float, default=SOURCE_MIN_EYE_PX,
+                        help="only faces whose eyes are at least this wide are shrunk")
     args = parser.parse_args()
     if not (args.eval / "MANIFEST.tsv").exists():
         print(f"no evaluation set at {args.eval} (MANIFEST.tsv missing); nothing to measure")
@@ -186,10 +201,13 @@ def main() -> None:
     started = time.perf_counter()
     cv2.setNumThreads(1)
     faces = load_faces(args.eval, args.cache)
-    fits, lost = shrink_and_judge(faces, args.eval)
+    targets = tuple(float(t) for t in args.targets.split(","))
+    fits, lost = shrink_and_judge(faces, args.eval, targets, args.source_min_eye_px)
     if args.fits:
         args.fits.write_bytes(pickle.dumps(fits))
-    rows = by_width(fits)
+    rows = by_width(fits, width_bins(targets))
+    by_quality = {str(q): sum(f.truth == "open" and f.reading() != "" for f in fits
+                              if f.quality == q) for q in JPEG_QUALITIES}
     real = real_small_faces(faces, args.eval)
     print(f"{len(fits)} fits of shrunk faces ({lost} not found again); per measured eye width:")
     print("(read closed by the small-face rule | by the per-eye rule, one eye >= 10 px)")
@@ -201,10 +219,12 @@ def main() -> None:
               f"{r['closed']:>6} {r['closed_read_closed_small']:>6} | "
               f"{r['closed_read_closed_per_eye']:<4} {r['open_wider_opening_min']:>19} "
               f"{r['open_wider_opening_p1']:>6}")
+    print(f"open fits read closed (either rule) by JPEG quality: {by_quality}")
     print(f"the photos' own faces with eyes under 10 px: {real}")
     if args.json:
         emit_json({"bench": "calibrate_small_eyes", "available": True, "fits": len(fits),
                    "lost": lost, "by_width": rows, "real_small_faces": real,
+                   "open_read_closed_by_quality": by_quality,
                    "seconds": round(time.perf_counter() - started, 1)})
 
 
