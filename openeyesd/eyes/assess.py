@@ -13,8 +13,9 @@ Evidence, chosen by measurement on the evaluation set (docs/assess.md has the fi
 * **both eyes together** (``judge_wink``): in a burst, an eye that dropped well below its
   widest frame *and* below the other eye, while the other eye holds its own, is a wink, even
   where the per-eye limit (kept low for faces that narrow both eyes in a smile) reads it open;
-  and a small face (eyes 7-10 px) is closed where the landmark net drew both eyes' lids shut
-  (``judge_small_shut``), the one reading of so small an eye that no open eye gave.
+  and a face with an eye under ``min_eye_px`` is closed where the landmark net drew both
+  eyes' lids shut, the one reading of so small an eye that no open eye gave, else unknown
+  (``judge_small_face``).
 * **guards** that make a verdict "unknown", which is never fixed: eye narrower than
   ``min_eye_px`` (open and closed openings overlap below ~10 px), head turned past ``max_yaw``,
   the eye crop off the image, no iris from the backend, or an eye band with almost no contrast
@@ -65,6 +66,15 @@ class Thresholds:
     #: and all but two closed faces have an eye below 0.108; 0.12 leaves a margin to the open
     #: side. The two left (0.136, 0.137) are found by the burst rule or not at all.
     closed_opening: float = 0.12
+    #: Eyes narrower than this (px) but judgeable use ``small_closed_opening`` instead, and
+    #: eyeBlink a higher margin (``BlinkThresholds.small_eye_blink_over_opening``). The set
+    #: has no closed eye this small, and its open ones all read open; but its faces shrunk to
+    #: 10-24 px eyes, as is and as JPEG q75/q40 (bench/calibrate_small_eyes.py), read 37 of
+    #: 1,275 open fits closed at 0.12 / 0.32 (1,019 of 1,054 closed), 9 at 0.06 / 0.40 (955,
+    #: with ``judge_small_face``): narrow-eyed smiles lose opening when blurred and compressed.
+    small_eye_px: float = 24.0
+    #: The limit for those eyes without a baseline (see docs/assess.md, "Small eyes").
+    small_closed_opening: float = 0.06
     #: With a baseline the limit is never below this (a shut lid measures ~0-0.09) ...
     floor_opening: float = 0.06
     #: ... closed when opening / baseline is below this: closed frames measured <= 0.53 of
@@ -89,7 +99,7 @@ class Thresholds:
     wink_steady: float = 0.9
     #: Eyes from this width up to ``min_eye_px`` are too small to read open, but where the
     #: landmark net draws the lids of both eyes meeting or crossed (opening 0) the face is
-    #: closed (``judge_small_shut``). Eval faces with eyes >= 16 px shrunk until their eyes
+    #: closed (``judge_small_face``). Eval faces with eyes >= 16 px shrunk until their eyes
     #: were 6.5-9.5 px, as is and as JPEG at quality 75 and 40 (bench/calibrate_small_eyes.py):
     #: 0 of 1,758 open fits read so, 85 of 1,141 closed ones. Under 7 px it found no closed
     #: face, and an earlier run that re-fitted the known box found one open face at 6.6 px.
@@ -273,9 +283,13 @@ def _unknown_reason(m: EyeMeasurement, t: Thresholds, min_px: float | None = Non
     return None
 
 
-def closed_limit(baseline: float | None, t: Thresholds = DEFAULT_THRESHOLDS) -> tuple[float, str]:
-    """The opening below which an eye is closed, and what set it."""
+def closed_limit(
+    baseline: float | None, t: Thresholds = DEFAULT_THRESHOLDS, width_px: float | None = None
+) -> tuple[float, str]:
+    """The opening below which an eye ``width_px`` wide is closed, and what set it."""
     if baseline is None or baseline < t.min_baseline:
+        if width_px is not None and width_px < t.small_eye_px:
+            return t.small_closed_opening, f"absolute, eye under {t.small_eye_px:.0f} px"
         return t.closed_opening, "absolute"
     limit = min(max(t.relative_closed * baseline, t.floor_opening), t.max_relative_limit)
     return limit, f"{t.relative_closed:.2f} x burst baseline {baseline:.3f}"
@@ -290,7 +304,7 @@ def classify(
     why = _unknown_reason(m, t)
     if why is not None:
         return EyeVerdict(EyeState.UNKNOWN, 0.0, why)
-    limit, source = closed_limit(baseline, t)
+    limit, source = closed_limit(baseline, t, m.width_px)
     score = m.opening - limit
     state = EyeState.CLOSED if score < 0 else EyeState.OPEN
     word = "<" if score < 0 else ">="
@@ -330,29 +344,33 @@ def judge_wink(
     return out
 
 
-def judge_small_shut(
+def judge_small_face(
     measurements: dict[Side, EyeMeasurement], verdicts: dict[Side, EyeVerdict],
     thresholds: Thresholds | None = None,
 ) -> dict[Side, EyeVerdict]:
-    """``verdicts`` with a small face's eyes closed where the landmark net drew both eyes' lids
-    shut (see ``min_shut_eye_px``).
+    """``verdicts`` for a face with an eye under ``min_eye_px``: closed where the landmark net
+    drew both eyes' lids shut (see ``min_shut_eye_px``), else unknown, both eyes.
 
     Below ``min_eye_px`` an open eye can measure as narrow as a closed one, so a small eye is
     never read open; lids that meet on both eyes are the one reading no open eye gave at these
     sizes. One eye alone is not enough (it happened on open eyes), and every other guard
-    (pose, image edge, iris, flat band) must pass on both eyes."""
+    (pose, image edge, iris, flat band) must pass on both eyes. The other eye of such a face
+    is not judged on its own either: just over the limit, on a turned head, shrunk faces
+    of the set read open eyes closed (bench/calibrate_small_eyes.py)."""
     t = thresholds or DEFAULT_THRESHOLDS
-    small = [s for s in SIDES if measurements[s].width_px < t.min_eye_px]
-    if not small or any(verdicts[s].state is not EyeState.UNKNOWN for s in small):
+    small = [m for m in measurements.values() if m.width_px < t.min_eye_px]
+    if not small:
         return verdicts
-    for side in SIDES:
-        m = measurements[side]
-        if _unknown_reason(m, t, min_px=t.min_shut_eye_px) is not None or m.opening > 0.0:
-            return verdicts
-    width = min(m.width_px for m in measurements.values())
-    return {side: EyeVerdict(EyeState.CLOSED, 0.0,
-                             f"small eyes ({width:.0f} px), both lids drawn shut: opening 0")
-            for side in SIDES}
+    width = min(m.width_px for m in small)
+    shut = all(_unknown_reason(m, t, min_px=t.min_shut_eye_px) is None and m.opening <= 0.0
+               for m in measurements.values())
+    if shut:
+        return {side: EyeVerdict(EyeState.CLOSED, 0.0,
+                                 f"small eyes ({width:.0f} px), both lids drawn shut: opening 0")
+                for side in SIDES}
+    withheld = f"the other eye is too small to judge this face ({width:.0f} px)"
+    return {side: v if v.state is EyeState.UNKNOWN else EyeVerdict(EyeState.UNKNOWN, 0.0, withheld)
+            for side, v in verdicts.items()}
 
 
 def judge_both_eyes(
@@ -360,9 +378,10 @@ def judge_both_eyes(
     baselines: dict[Side, float | None] | None, thresholds: Thresholds | None = None,
 ) -> dict[Side, EyeVerdict]:
     """The rules that read the two eyes of one face together, after each eye's own verdict:
-    a wink (``judge_wink``) and a small face shut on both eyes (``judge_small_shut``)."""
+    a wink (``judge_wink``), and a small face: shut on both eyes or not judged
+    (``judge_small_face``)."""
     winked = judge_wink(measurements, verdicts, baselines, thresholds)
-    return judge_small_shut(measurements, winked, thresholds)
+    return judge_small_face(measurements, winked, thresholds)
 
 
 def assess_face(

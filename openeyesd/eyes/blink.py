@@ -117,6 +117,9 @@ class BlinkThresholds:
     #: eyeBlink 0.3-0.67; open eyes of that opening score lower. The open eyes nearest the
     #: limit measured 0.301 (0 open faces above 0.31, one at 0.30); 0.32 keeps that margin.
     blink_over_opening: float = 0.32
+    #: ... and this for eyes under ``assess.Thresholds.small_eye_px``: shrunk and compressed,
+    #: open eyes of the set scored eyeBlink up to 0.65 at openings of 0.1-0.18.
+    small_eye_blink_over_opening: float = 0.40
 
 
 DEFAULT_BLINK_THRESHOLDS = BlinkThresholds()
@@ -136,14 +139,16 @@ def classify_with_blink(
     too and found no closed face that this rule and the burst baseline do not.
     """
     bt = blink_thresholds or DEFAULT_BLINK_THRESHOLDS
-    verdict = assess.classify(m, baseline=baseline, thresholds=thresholds)
+    t = thresholds or assess.DEFAULT_THRESHOLDS
+    verdict = assess.classify(m, baseline=baseline, thresholds=t)
     if verdict.state is not EyeState.OPEN:
         return verdict
-    excess = blink - m.opening - bt.blink_over_opening
+    margin = (bt.small_eye_blink_over_opening if m.width_px < t.small_eye_px
+              else bt.blink_over_opening)
+    excess = blink - m.opening - margin
     if excess < 0:
         return verdict
     return assess.EyeVerdict(
         EyeState.CLOSED, min(-excess, -1e-6),
-        f"{verdict.reason}; but eyeBlink {blink:.2f} - opening {m.opening:.3f} >= "
-        f"{bt.blink_over_opening:.2f}",
+        f"{verdict.reason}; but eyeBlink {blink:.2f} - opening {m.opening:.3f} >= {margin:.2f}",
     )

@@ -59,6 +59,20 @@ def test_guards_give_unknown_even_for_a_shut_lid(override: dict, words: str) -> 
     assert verdict.score == 0.0
 
 
+def test_small_eyes_have_a_lower_limit_without_a_baseline() -> None:
+    # Eyes under small_eye_px: an opening that reads closed on a big eye reads open here ...
+    t = Thresholds()
+    between = (t.small_closed_opening + t.closed_opening) / 2
+    assert classify(_measurement(opening=between)).state is EyeState.CLOSED
+    small = classify(_measurement(opening=between, width_px=t.small_eye_px - 1))
+    assert small.state is EyeState.OPEN and f"under {t.small_eye_px:.0f} px" in small.reason
+    # ... a plainly shut one is still closed, and a burst baseline sets the limit as before.
+    shut = _measurement(opening=t.small_closed_opening - 0.01, width_px=t.small_eye_px - 1)
+    assert classify(shut).state is EyeState.CLOSED
+    blink = _measurement(opening=between, width_px=t.small_eye_px - 1)
+    assert classify(blink, baseline=0.33).state is EyeState.CLOSED
+
+
 def test_baseline_catches_a_blink_that_reads_open_alone() -> None:
     # A half-shut blink (0.18) reads open against everyone, closed against this person's 0.33.
     blink = _measurement(opening=0.18)
@@ -94,7 +108,10 @@ def test_assess_relative_judges_each_frame_against_the_widest() -> None:
     verdicts = assess.assess_relative(frames)
     assert [v["right"].state for v in verdicts] == [EyeState.OPEN, EyeState.CLOSED,
                                                     EyeState.UNKNOWN]
-    assert all(v["left"].state is EyeState.OPEN for v in verdicts)
+    assert all(v["left"].state is EyeState.OPEN for v in verdicts[:2])
+    # A face with one eye too small is not judged on the other eye alone.
+    assert verdicts[2]["left"].state is EyeState.UNKNOWN
+    assert "too small to judge this face" in verdicts[2]["left"].reason
 
 
 def _pair(right: float, left: float) -> dict[Side, EyeMeasurement]:
@@ -182,16 +199,21 @@ def test_small_face_stays_unknown_unless_every_condition_holds(
     assert all(v.state is EyeState.UNKNOWN for v in _small_judged(frame).values()), why
 
 
-def test_small_face_rule_leaves_judgeable_eyes_to_their_own_rule() -> None:
+def test_small_face_rule_leaves_faces_of_judgeable_eyes_alone() -> None:
     # Eyes of 10 px or more: the per-eye rule decides, the small-face rule changes nothing.
     frame = _pair(0.0, 0.3)
     verdicts = {side: classify(frame[side]) for side in frame}
-    assert assess.judge_small_shut(frame, verdicts) == verdicts
-    # One eye judgeable and read open: the small other eye stays unknown.
-    lopsided = {"right": _measurement(opening=0.0, width_px=8.0),
-                "left": _measurement(side="left", opening=0.3, width_px=11.0)}
-    states = {s: v.state for s, v in _small_judged(lopsided).items()}
-    assert states == {"right": EyeState.UNKNOWN, "left": EyeState.OPEN}
+    assert assess.judge_small_face(frame, verdicts) == verdicts
+    # One eye under min_eye_px and the lids not shut on both: neither eye is judged, the
+    # judgeable one neither open nor closed (turned small heads read open eyes closed).
+    for left_opening in (0.3, 0.05):
+        lopsided = {"right": _measurement(opening=0.0, width_px=8.0),
+                    "left": _measurement(side="left", opening=left_opening, width_px=11.0)}
+        assert classify(lopsided["left"]).state is not EyeState.UNKNOWN
+        judged = _small_judged(lopsided)
+        assert all(v.state is EyeState.UNKNOWN for v in judged.values())
+        assert "too small to judge this face" in judged["left"].reason
+        assert "eye too small" in judged["right"].reason
 
 
 def test_thresholds_are_frozen_and_overridable() -> None:

@@ -187,6 +187,19 @@ def test_threshold_edge() -> None:
     assert classify_with_blink(m, 0.15 + limit - 1e-3).state is EyeState.OPEN
 
 
+def test_small_eyes_need_a_higher_blink_margin() -> None:
+    # Under small_eye_px, shrunk and compressed open eyes scored eyeBlink up to ~0.65.
+    small = _measurement(opening=0.15, width_px=16.0)
+    big_margin = blink.DEFAULT_BLINK_THRESHOLDS.blink_over_opening
+    small_margin = blink.DEFAULT_BLINK_THRESHOLDS.small_eye_blink_over_opening
+    assert small_margin > big_margin
+    between = 0.15 + (big_margin + small_margin) / 2
+    assert classify_with_blink(small, between).state is EyeState.OPEN
+    assert classify_with_blink(_measurement(opening=0.15), between).state is EyeState.CLOSED
+    closed = classify_with_blink(small, 0.15 + small_margin + 1e-3)
+    assert closed.state is EyeState.CLOSED and f"{small_margin:.2f}" in closed.reason
+
+
 def test_uninstalled_distribution_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     bogus = replace(model("face_blendshapes"), distribution="no-such-dist-xyz")
     monkeypatch.setattr(blink, "model", lambda name: bogus)
