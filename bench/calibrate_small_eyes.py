@@ -1,15 +1,17 @@
-"""Evidence for the small-face rule (``assess.judge_small_shut``): shrink real faces, judge again.
+"""Evidence for the small-face rule (``assess.judge_small_face``): shrink real faces, judge again.
 
 The evaluation set has few small faces (eyes under 10 px) and only four closed ones, too few to
 set a limit on. So every labelled face whose eyes are at least 16 px wide is shrunk (the whole
 photo, ``INTER_AREA``) until its eyes are 6.5-9.5 px wide, optionally saved as JPEG at a low
 quality as small faces in group photos usually are, and found and fitted again by the product's
-own landmark backend. Each fit is judged by the shipped rule (``assess.classify`` then
-``assess.judge_both_eyes``, no burst), and the figures are printed per measured eye width:
+own landmark backend and blink model. Each fit is judged by the shipped single-photo rule
+(``analysis.judge``: lid opening, eyeBlink, then the two-eye rules), and the figures are
+printed per measured eye width:
 
 * faces read closed by the small-face rule: open ones (must be 0) and closed ones;
-* faces read closed by the per-eye rule, where one eye of the shrunk face still measured 10 px
-  or more: the rule that has always applied there, shown apart so the two are not confused;
+* faces read closed by the per-eye rules (lid opening, eyeBlink), where one eye of the shrunk
+  face still measured 10 px or more: the rules that have always applied there, shown apart so
+  the two are not confused;
 * the opening of the wider eye on open faces, lowest and 1st percentile: the margin the rule
   (both eyes at opening 0) keeps;
 * the small-face rule on the photos' own small faces.
@@ -44,8 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit_json  # noqa: E402
 from bench.calibrate_assess import LabelledFace, load_faces  # noqa: E402
+from bench.eval_eyes import default_toolkit  # noqa: E402
 from openeyesd.eyes import assess  # noqa: E402
-from openeyesd.eyes.landmarks import FaceMeshBackend  # noqa: E402
+from openeyesd.eyes.analysis import EyeToolkit, judge  # noqa: E402
 from openeyesd.eyes.types import SIDES, EyeState, Face, Side  # noqa: E402
 
 #: Eye widths (px) the faces are shrunk to, and the JPEG qualities (None: not re-encoded).
@@ -62,6 +65,8 @@ class Fit:
     measures: dict[Side, assess.EyeMeasurement]
     #: JPEG quality of the shrunk copy; None: not re-encoded.
     quality: int | None = None
+    #: eyeBlink per eye, as the pipeline has it; None without the blink model.
+    blink: dict[Side, float] | None = None
 
     @property
     def eye_px(self) -> float:
@@ -72,13 +77,13 @@ class Fit:
         return max(m.opening for m in self.measures.values())
 
     def reading(self) -> str:
-        """Which shipped single-photo rule reads the face closed: "small", "per_eye" or ""."""
-        verdicts = {side: assess.classify(self.measures[side]) for side in SIDES}
-        closed_per_eye = any(v.state is EyeState.CLOSED for v in verdicts.values())
-        judged = assess.judge_both_eyes(self.measures, verdicts, None)
-        if closed_per_eye:
-            return "per_eye"
-        return "small" if any(v.state is EyeState.CLOSED for v in judged.values()) else ""
+        """Which shipped single-photo rule reads the face closed: "small" (the face has an eye
+        under ``min_eye_px``, so only the shut-lids rule can), "per_eye" or ""."""
+        judged = judge(self.measures, self.blink)
+        if not any(v.state is EyeState.CLOSED for v in judged.values()):
+            return ""
+        smallest = min(m.width_px for m in self.measures.values())
+        return "small" if smallest < assess.DEFAULT_THRESHOLDS.min_eye_px else "per_eye"
 
 
 def eye_px(face: Face) -> float:
@@ -110,10 +115,9 @@ def refound(faces: list[Face], original: Face, factor: float) -> Face | None:
     return best if np.linalg.norm(best_centre - centre) < 0.3 * size else None
 
 
-def shrink_and_judge(faces: list[LabelledFace], eval_dir: Path,
+def shrink_and_judge(faces: list[LabelledFace], eval_dir: Path, toolkit: EyeToolkit,
                      targets: tuple[float, ...] = TARGET_EYE_PX,
                      source_min_px: float = SOURCE_MIN_EYE_PX) -> tuple[list[Fit], int]:
-    backend = FaceMeshBackend()
     fits: list[Fit] = []
     lost = 0
     by_file: dict[str, list[LabelledFace]] = defaultdict(list)
@@ -127,11 +131,12 @@ def shrink_and_judge(faces: list[LabelledFace], eval_dir: Path,
                 factor = target / eye_px(lf.face)
                 for quality in JPEG_QUALITIES:
                     small = shrunk(image, factor, quality)
-                    face = refound(backend.detect(small), lf.face, factor)
+                    face = refound(toolkit.landmarks.detect(small), lf.face, factor)
                     if face is None:
                         lost += 1
                         continue
-                    fits.append(Fit(lf.truth, measured(small, face), quality))
+                    fits.append(Fit(lf.truth, measured(small, face), quality,
+                                    toolkit.blink_scores(face)))
     return fits, lost
 
 
@@ -164,7 +169,8 @@ def by_width(fits: list[Fit], bins: list[tuple[float, float]]) -> list[Row]:
     return rows
 
 
-def real_small_faces(faces: list[LabelledFace], eval_dir: Path) -> dict[str, int]:
+def real_small_faces(faces: list[LabelledFace], eval_dir: Path,
+                     toolkit: EyeToolkit) -> dict[str, int]:
     """The rule on the photos' own faces with eyes under ``min_eye_px``."""
     counts: dict[str, int] = defaultdict(int)
     images: dict[str, np.ndarray] = {}
@@ -175,7 +181,8 @@ def real_small_faces(faces: list[LabelledFace], eval_dir: Path) -> dict[str, int
             images.clear()
             path = eval_dir / lf.file
             images[lf.file] = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
-        fit = Fit(lf.truth, measured(images[lf.file], lf.face))
+        fit = Fit(lf.truth, measured(images[lf.file], lf.face), None,
+                  toolkit.blink_scores(lf.face))
         counts[lf.truth] += 1
         counts[f"{lf.truth}_read_closed_small"] += fit.reading() == "small"
     return dict(counts)
@@ -202,13 +209,14 @@ def main() -> None:
     cv2.setNumThreads(1)
     faces = load_faces(args.eval, args.cache)
     targets = tuple(float(t) for t in args.targets.split(","))
-    fits, lost = shrink_and_judge(faces, args.eval, targets, args.source_min_eye_px)
+    _, toolkit = default_toolkit()
+    fits, lost = shrink_and_judge(faces, args.eval, toolkit, targets, args.source_min_eye_px)
     if args.fits:
         args.fits.write_bytes(pickle.dumps(fits))
     rows = by_width(fits, width_bins(targets))
     by_quality = {str(q): sum(f.truth == "open" and f.reading() != "" for f in fits
                               if f.quality == q) for q in JPEG_QUALITIES}
-    real = real_small_faces(faces, args.eval)
+    real = real_small_faces(faces, args.eval, toolkit)
     print(f"{len(fits)} fits of shrunk faces ({lost} not found again); per measured eye width:")
     print("(read closed by the small-face rule | by the per-eye rule, one eye >= 10 px)")
     print(f"{'eye px':>8} {'open':>5} {'read closed':>13} {'closed':>6} {'read closed':>13} "

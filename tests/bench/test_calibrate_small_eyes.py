@@ -28,21 +28,28 @@ def _fit(truth: str, right: tuple[float, float], left: tuple[float, float],
 def test_reading_says_which_rule_read_the_face_closed() -> None:
     assert _fit("closed", (8.0, 0.0), (8.2, 0.0)).reading() == "small"
     assert _fit("open", (8.0, 0.0), (8.2, 0.04)).reading() == ""
-    # One eye still 10 px or more: the per-eye limit judges it, and that is counted apart.
-    assert _fit("open", (9.0, 0.2), (11.0, 0.05)).reading() == "per_eye"
-    assert _fit("open", (9.0, 0.2), (11.0, 0.30)).reading() == ""
+    # Both eyes 10 px or more: the per-eye rules judge them, and that is counted apart ...
+    assert _fit("open", (12.0, 0.2), (11.0, 0.05)).reading() == "per_eye"
+    assert _fit("open", (12.0, 0.2), (11.0, 0.30)).reading() == ""
+    # ... but with one eye under 10 px the other is not judged alone.
+    assert _fit("open", (9.0, 0.2), (11.0, 0.05)).reading() == ""
+    # With eyeBlink, as the pipeline judges: a judgeable eye it closes counts as per-eye too.
+    blinked = Fit("open", _fit("open", (12.0, 0.2), (12.0, 0.2)).measures, None,
+                  {"right": 0.9, "left": 0.1})
+    assert blinked.reading() == "per_eye"
+    assert Fit("open", blinked.measures, None, {"right": 0.1, "left": 0.1}).reading() == ""
 
 
 def test_rows_count_each_rule_per_measured_width() -> None:
     fits = [_fit("closed", (7.5, 0.0), (7.9, 0.0)), _fit("closed", (7.2, 0.05), (7.4, 0.02)),
-            _fit("open", (7.1, 0.06), (7.3, 0.1)), _fit("open", (9.5, 0.3), (10.4, 0.05), 40)]
-    bins = width_bins((6.5, 9.5))
-    assert bins == [(5.0, 6.0), (6.0, 7.0), (7.0, 8.0), (8.0, 9.0), (9.0, 10.0)]
+            _fit("open", (7.1, 0.06), (7.3, 0.1)), _fit("open", (10.5, 0.3), (10.4, 0.05), 40)]
+    assert width_bins((6.5, 9.5)) == [(5.0, 6.0), (6.0, 7.0), (7.0, 8.0), (8.0, 9.0), (9.0, 10.0)]
+    bins = width_bins((6.5, 10.5))
     rows = {row["eye_px"]: row for row in by_width(fits, bins)}
     assert rows["7-8"]["closed"] == 2 and rows["7-8"]["closed_read_closed_small"] == 1
     assert rows["7-8"]["open"] == 1 and rows["7-8"]["open_read_closed_small"] == 0
     assert rows["7-8"]["open_wider_opening_min"] == pytest.approx(0.1)
-    assert rows["9-10"]["open_read_closed_per_eye"] == 1
+    assert rows["10-11"]["open_read_closed_per_eye"] == 1
     assert rows["5-6"]["open"] == 0
 
 
