@@ -57,6 +57,11 @@ class LabelledFace:
         return "open" if self.labels == OPEN else "amb"
 
 
+def read_photo(path: Path) -> np.ndarray:
+    """The photo upright (EXIF orientation applied), as RGB uint8."""
+    return np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+
+
 def load_faces(eval_dir: Path, cache: Path | None) -> list[LabelledFace]:
     from openeyesd.eyes.landmarks import FaceMeshBackend
 
@@ -71,7 +76,7 @@ def load_faces(eval_dir: Path, cache: Path | None) -> list[LabelledFace]:
         if row["group"] == "video":
             continue
         try:
-            image = np.asarray(ImageOps.exif_transpose(Image.open(eval_dir / name)).convert("RGB"))
+            image = read_photo(eval_dir / name)
         except OSError as exc:  # missing, cut off or not an image: one photo, not the run
             print(f"  left out, cannot read {name}: {exc}")
             continue
@@ -102,9 +107,8 @@ def burst_partners(faces: list[LabelledFace], eval_dir: Path) -> dict[int, list[
         if not lf.pair:
             continue
         if lf.file not in cache:
-            path = eval_dir / lf.file
             cache.clear()
-            cache[lf.file] = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+            cache[lf.file] = read_photo(eval_dir / lf.file)
         vectors[i] = identity.describe(cache[lf.file], lf.face)
     partners: dict[int, list[int]] = {}
     for i, vec in vectors.items():

@@ -40,12 +40,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit_json  # noqa: E402
-from bench.calibrate_assess import LabelledFace, load_faces  # noqa: E402
+from bench.calibrate_assess import LabelledFace, load_faces, read_photo  # noqa: E402
 from bench.eval_eyes import default_toolkit  # noqa: E402
 from openeyesd.eyes import assess  # noqa: E402
 from openeyesd.eyes.analysis import EyeToolkit, judge  # noqa: E402
@@ -105,14 +105,18 @@ def shrunk(image: np.ndarray, factor: float, quality: int | None) -> np.ndarray:
 
 def refound(faces: list[Face], original: Face, factor: float) -> Face | None:
     """The face found in the shrunk photo where ``original`` was, if any."""
-    box = np.asarray(original.box) * factor
-    centre, size = (box[:2] + box[2:]) / 2, box[2] - box[0]
-    best = min(faces, key=lambda f: np.linalg.norm((np.asarray(f.box[:2]) + f.box[2:]) / 2
-                                                   - centre), default=None)
+    centre = _centre(original) * factor
+    best = min(faces, key=lambda f: np.linalg.norm(_centre(f) - centre), default=None)
     if best is None:
         return None
-    best_centre = (np.asarray(best.box[:2]) + best.box[2:]) / 2
-    return best if np.linalg.norm(best_centre - centre) < 0.3 * size else None
+    size = (original.box[2] - original.box[0]) * factor
+    close = np.linalg.norm(_centre(best) - centre) < 0.3 * size
+    return best if close else None
+
+
+def _centre(face: Face) -> np.ndarray:
+    box = np.asarray(face.box, np.float64)
+    return (box[:2] + box[2:]) / 2
 
 
 def shrink_and_judge(faces: list[LabelledFace], eval_dir: Path, toolkit: EyeToolkit,
@@ -125,7 +129,7 @@ def shrink_and_judge(faces: list[LabelledFace], eval_dir: Path, toolkit: EyeTool
         if lf.truth != "amb" and eye_px(lf.face) >= source_min_px:
             by_file[lf.file].append(lf)
     for file, chosen in by_file.items():
-        image = np.asarray(ImageOps.exif_transpose(Image.open(eval_dir / file)).convert("RGB"))
+        image = read_photo(eval_dir / file)
         for lf in chosen:
             for target in targets:
                 factor = target / eye_px(lf.face)
@@ -179,8 +183,7 @@ def real_small_faces(faces: list[LabelledFace], eval_dir: Path,
             continue
         if lf.file not in images:
             images.clear()
-            path = eval_dir / lf.file
-            images[lf.file] = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+            images[lf.file] = read_photo(eval_dir / lf.file)
         fit = Fit(lf.truth, measured(images[lf.file], lf.face), None,
                   toolkit.blink_scores(lf.face))
         counts[lf.truth] += 1
@@ -218,7 +221,7 @@ def main() -> None:
                               if f.quality == q) for q in JPEG_QUALITIES}
     real = real_small_faces(faces, args.eval, toolkit)
     print(f"{len(fits)} fits of shrunk faces ({lost} not found again); per measured eye width:")
-    print("(read closed by the small-face rule | by the per-eye rule, one eye >= 10 px)")
+    print("(read closed by the small-face rule | by the per-eye rules, both eyes >= 10 px)")
     print(f"{'eye px':>8} {'open':>5} {'read closed':>13} {'closed':>6} {'read closed':>13} "
           f"{'open: wider eye min':>19} {'p1':>6}")
     for r in rows:
