@@ -36,7 +36,7 @@ from openeyesd.eyes.types import SIDES, Eye, EyeState, Face, HeadPose, Side
 from openeyesd.files import atomic_write_bytes
 
 #: Bump when the meaning of a cached analysis changes (backends, assessment rules).
-ANALYSIS_VERSION = "4"
+ANALYSIS_VERSION = "5"
 #: The blink model reads MediaPipe's 478-point layout (mesh + iris).
 BLINK_LAYOUT_POINTS = 478
 
@@ -93,15 +93,20 @@ def judge(
 ) -> dict[Side, EyeVerdict]:
     """Each eye's verdict: lid opening (against the person's burst baselines when known),
     and eyeBlink where available (it catches closed eyes under lashes that read open); then
-    the rules on both eyes together: a wink, one eye dropped against the burst while the
-    other did not; a small face whose lids the landmarks drew shut on both eyes."""
+    the rules on both eyes together: one eye that only the burst reads closed while the other
+    held (open, unless a wink); a wink, one eye dropped against the burst while the other did
+    not; a small face whose lids the landmarks drew shut on both eyes."""
     base = baselines or {}
-    if blink is None:
-        verdicts = {side: classify(measurements[side], baseline=base.get(side)) for side in SIDES}
-    else:
-        verdicts = {side: classify_with_blink(measurements[side], blink[side],
-                                              baseline=base.get(side)) for side in SIDES}
-    return judge_both_eyes(measurements, verdicts, baselines)
+
+    def verdicts(against: dict[Side, float | None]) -> dict[Side, EyeVerdict]:
+        if blink is None:
+            return {side: classify(measurements[side], baseline=against.get(side))
+                    for side in SIDES}
+        return {side: classify_with_blink(measurements[side], blink[side],
+                                          baseline=against.get(side)) for side in SIDES}
+
+    alone = verdicts({}) if base else None
+    return judge_both_eyes(measurements, verdicts(base), baselines, alone=alone)
 
 
 def detect_faces(image_rgb: np.ndarray, toolkit: EyeToolkit) -> list[Face]:

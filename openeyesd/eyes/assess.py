@@ -13,9 +13,10 @@ Evidence, chosen by measurement on the evaluation set (docs/assess.md has the fi
 * **both eyes together** (``judge_wink``): in a burst, an eye that dropped well below its
   widest frame *and* below the other eye, while the other eye holds its own, is a wink, even
   where the per-eye limit (kept low for faces that narrow both eyes in a smile) reads it open;
-  and a face with an eye under ``min_eye_px`` is closed where the landmark net drew both
-  eyes' lids shut, the one reading of so small an eye that no open eye gave, else unknown
-  (``judge_small_face``).
+  an eye only the burst reads closed, while the other eye holds and it is no wink, is open
+  (``judge_lone_drop``: a blink shuts both eyes); and a face with an eye under
+  ``min_eye_px`` is closed where the landmark net drew both eyes' lids shut, the one reading
+  of so small an eye that no open eye gave, else unknown (``judge_small_face``).
 * **guards** that make a verdict "unknown", which is never fixed: eye narrower than
   ``min_eye_px`` (open and closed openings overlap below ~10 px), head turned past ``max_yaw``,
   the eye crop off the image, no iris from the backend, or an eye band with almost no contrast
@@ -97,6 +98,12 @@ class Thresholds:
     #: ... while the other eye holds at least this fraction of its own baseline (the wink
     #: measured 1.00): one eye shut while the other stays as it was, not both narrowing.
     wink_steady: float = 0.9
+    #: An eye read closed only against its burst baseline (it reads open alone) is reopened
+    #: when the other eye still holds this fraction of its own baseline and the eye is no
+    #: wink (``judge_lone_drop``): a blink shuts both eyes. The set's blink read so on one eye
+    #: measured 0.58 on the other; the open face it reopens, 0.89-0.93 (one eye 0.55-0.58 of
+    #: a baseline of 0.43, the set's widest open eye, and 0.83-0.84 of the other eye).
+    lone_drop_held: float = 0.75
     #: Eyes from this width up to ``min_eye_px`` are too small to read open, but where the
     #: landmark net draws the lids of both eyes meeting or crossed (opening 0) the face is
     #: closed (``judge_small_face``). Eval faces with eyes >= 16 px shrunk until their eyes
@@ -335,12 +342,56 @@ def judge_wink(
             continue
         opening, other_opening = measurements[side].opening, measurements[other].opening
         limit = t.wink_ratio * min(own_base, other_opening)
-        if opening < limit and other_opening >= t.wink_steady * other_base:
+        if _is_wink(opening, own_base, other_opening, t) and (
+                other_opening >= t.wink_steady * other_base):
             out[side] = EyeVerdict(
                 EyeState.CLOSED, opening - limit,
                 f"a wink: opening {opening:.3f} < {t.wink_ratio:.2f} x min(burst baseline "
                 f"{own_base:.3f}, other eye {other_opening:.3f}), other eye at "
                 f"{other_opening / other_base:.2f} of its baseline")
+    return out
+
+
+def _is_wink(opening: float, own_base: float, other_opening: float, t: Thresholds) -> bool:
+    """Narrower than ``wink_ratio`` of both its widest frame and the other eye now."""
+    return opening < t.wink_ratio * min(own_base, other_opening)
+
+
+def judge_lone_drop(
+    measurements: dict[Side, EyeMeasurement], verdicts: dict[Side, EyeVerdict],
+    baselines: dict[Side, float | None] | None, thresholds: Thresholds | None = None,
+    alone: dict[Side, EyeVerdict] | None = None,
+) -> dict[Side, EyeVerdict]:
+    """``verdicts`` with an eye that the burst baseline alone read closed reopened, where the
+    other eye held its own baseline (``lone_drop_held``) and the eye is no wink.
+
+    The per-eye relative rule reads a blink, and a blink shuts both eyes: one eye dropping
+    while the other holds is a wink (``judge_wink`` decides with the two eyes compared) or a
+    baseline taken from a frame that measured that one eye too wide. ``alone``: each eye's
+    verdict without the burst (default: ``classify`` without a baseline); an eye that reads
+    closed alone, by its lids or by eyeBlink, is never reopened."""
+    t = thresholds or DEFAULT_THRESHOLDS
+    base = baselines or {}
+    out = dict(verdicts)
+    for side, other in _EYE_AND_OTHER:
+        own_base, other_base = base.get(side), base.get(other)
+        if (verdicts[side].state is not EyeState.CLOSED
+                or verdicts[other].state is not EyeState.OPEN
+                or own_base is None or other_base is None
+                or min(own_base, other_base) < t.min_baseline):
+            continue
+        by_itself = (alone or {}).get(side) or classify(measurements[side], thresholds=t)
+        opening, other_opening = measurements[side].opening, measurements[other].opening
+        held = other_opening / other_base
+        if (by_itself.state is not EyeState.OPEN or held < t.lone_drop_held
+                or _is_wink(opening, own_base, other_opening, t)):
+            continue
+        out[side] = EyeVerdict(
+            EyeState.OPEN, by_itself.score,
+            f"{by_itself.reason}; against the burst {verdicts[side].reason}, but the other "
+            f"eye held {held:.2f} of its baseline and this eye is no wink (not under "
+            f"{t.wink_ratio:.2f} x the other eye's {other_opening:.3f}): one eye alone is no "
+            "blink")
     return out
 
 
@@ -376,11 +427,14 @@ def judge_small_face(
 def judge_both_eyes(
     measurements: dict[Side, EyeMeasurement], verdicts: dict[Side, EyeVerdict],
     baselines: dict[Side, float | None] | None, thresholds: Thresholds | None = None,
+    alone: dict[Side, EyeVerdict] | None = None,
 ) -> dict[Side, EyeVerdict]:
     """The rules that read the two eyes of one face together, after each eye's own verdict:
-    a wink (``judge_wink``), and a small face: shut on both eyes or not judged
-    (``judge_small_face``)."""
-    winked = judge_wink(measurements, verdicts, baselines, thresholds)
+    one eye dropped against the burst while the other held, and no wink: open
+    (``judge_lone_drop``; ``alone`` as there); a wink (``judge_wink``); and a small face:
+    shut on both eyes or not judged (``judge_small_face``)."""
+    kept = judge_lone_drop(measurements, verdicts, baselines, thresholds, alone)
+    winked = judge_wink(measurements, kept, baselines, thresholds)
     return judge_small_face(measurements, winked, thresholds)
 
 

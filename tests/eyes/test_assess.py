@@ -163,6 +163,54 @@ def test_assess_relative_finds_a_wink_in_the_burst() -> None:
     assert verdicts[0]["left"].state is verdicts[1]["right"].state is EyeState.OPEN
 
 
+# The open face of a group burst that one eye's wide baseline frame read closed, and a blink
+# whose eyes dropped unevenly, as the landmarks measured them.
+_LOPSIDED_BASE: dict[Side, float | None] = {"right": 0.433, "left": 0.320}
+_UNEVEN_BLINK_BASE: dict[Side, float | None] = {"right": 0.328, "left": 0.341}
+
+
+def _both_eyes(frame: dict[Side, EyeMeasurement], baselines: dict[Side, float | None],
+               alone: dict[Side, assess.EyeVerdict] | None = None
+               ) -> dict[Side, assess.EyeVerdict]:
+    verdicts = {side: classify(frame[side], baseline=baselines[side]) for side in frame}
+    return assess.judge_both_eyes(frame, verdicts, baselines, alone=alone)
+
+
+def test_one_eye_dropped_against_the_burst_while_the_other_held_is_open() -> None:
+    frame = _pair(right=0.236, left=0.286)  # 0.55 and 0.89 of their baselines
+    assert classify(frame["right"], baseline=0.433).state is EyeState.CLOSED
+    judged = _both_eyes(frame, _LOPSIDED_BASE)
+    assert {s: v.state for s, v in judged.items()} == {"right": EyeState.OPEN,
+                                                       "left": EyeState.OPEN}
+    assert judged["right"].score > 0 and "one eye alone is no blink" in judged["right"].reason
+    assert [v["right"].state for v in assess.assess_relative(
+        [_pair(0.433, 0.320), frame])] == [EyeState.OPEN, EyeState.OPEN]
+
+
+def test_a_blink_whose_eyes_dropped_unevenly_stays_closed() -> None:
+    # The other eye read open, but at 0.58 of its baseline it dropped too.
+    frame = _pair(right=0.174, left=0.196)
+    judged = _both_eyes(frame, _UNEVEN_BLINK_BASE)
+    assert {s: v.state for s, v in judged.items()} == {"right": EyeState.CLOSED,
+                                                       "left": EyeState.OPEN}
+
+
+def test_a_lone_drop_stays_closed_when_it_is_a_wink_or_reads_closed_alone() -> None:
+    base: dict[Side, float | None] = {"right": 0.30, "left": 0.30}
+    # Above the absolute limit, under 0.7 x the other eye, which held 0.8 of its baseline
+    # (too little for ``judge_wink`` to close an open eye): still a wink, kept closed.
+    assert _both_eyes(_pair(0.14, 0.24), base)["right"].state is EyeState.CLOSED
+    # Closed by the lids alone (under the absolute limit): never reopened.
+    assert _both_eyes(_pair(0.10, 0.29), base)["right"].state is EyeState.CLOSED
+    # Read closed alone by other evidence (eyeBlink, handed in as ``alone``): kept closed.
+    lopsided = _pair(right=0.236, left=0.286)
+    shut = assess.EyeVerdict(EyeState.CLOSED, -0.1, "eyeBlink")
+    alone = {"right": shut, "left": classify(lopsided["left"])}
+    assert _both_eyes(lopsided, _LOPSIDED_BASE, alone)["right"].state is EyeState.CLOSED
+    # No baseline for the other eye: nothing to say it held.
+    assert _both_eyes(lopsided, {"right": 0.433, "left": None})["right"].state is EyeState.CLOSED
+
+
 def _small_pair(right: float, left: float, width: float = 8.0,
                 **overrides: float | None) -> dict[Side, EyeMeasurement]:
     return {"right": _measurement(opening=right, width_px=width, **overrides),

@@ -187,6 +187,19 @@ def test_threshold_edge() -> None:
     assert classify_with_blink(m, 0.15 + limit - 1e-3).state is EyeState.OPEN
 
 
+def test_a_lone_drop_is_reopened_only_where_eyeblink_reads_it_open_too() -> None:
+    from openeyesd.eyes.analysis import judge
+
+    # One eye at 0.55 of its wide baseline, the other holding: open by the lids alone ...
+    frame = {"right": _measurement(opening=0.236), "left": _measurement("left", opening=0.286)}
+    baselines: dict[Side, float | None] = {"right": 0.433, "left": 0.320}
+    calm = judge(frame, {"right": 0.2, "left": 0.2}, baselines)
+    assert calm["right"].state is EyeState.OPEN and "no blink" in calm["right"].reason
+    # ... but where eyeBlink reads that eye shut without the burst, it stays closed.
+    blinking = judge(frame, {"right": 0.236 + 0.4, "left": 0.2}, baselines)
+    assert blinking["right"].state is EyeState.CLOSED
+
+
 def test_small_eyes_need_a_higher_blink_margin() -> None:
     # Under small_eye_px, shrunk and compressed open eyes scored eyeBlink up to ~0.65.
     small = _measurement(opening=0.15, width_px=16.0)
