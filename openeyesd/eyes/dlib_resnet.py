@@ -168,8 +168,14 @@ def _average_pool_2x2(x: np.ndarray) -> np.ndarray:
 
 
 def _max_pool_3x3_stride_2(x: np.ndarray) -> np.ndarray:
-    windows = sliding_window_view(x, (3, 3), axis=(1, 2))[:, ::2, ::2]
-    return windows.max(axis=(3, 4))
+    # The maximum of nine strided views: NumPy reduces a window view's small trailing axes
+    # one element at a time, 20 times slower (4 ms a face).
+    height, width = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
+    out = x[:, :2 * height:2, :2 * width:2].copy()
+    for dy in range(3):
+        for dx in range(3):
+            np.maximum(out, x[:, dy:dy + 2 * height:2, dx:dx + 2 * width:2], out=out)
+    return out
 
 
 # --- the network -----------------------------------------------------------------------------
