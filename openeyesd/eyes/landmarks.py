@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from openeyesd.eyes.model_info import model, model_path, read_task_member
+from openeyesd.eyes.resample import halve, halvings
 from openeyesd.eyes.types import Eye, Face, HeadPose, Side
 
 #: Mesh indices of each eye in types.py order: outer corner, upper lid to the inner corner,
@@ -163,34 +164,9 @@ def _prefilter(
     x0, y0 = max(int(roi.centre[0] - half), 0), max(int(roi.centre[1] - half), 0)
     x1, y1 = min(int(roi.centre[0] + half) + 1, w), min(int(roi.centre[1] + half) + 1, h)
     sub = image[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
-    small, times = _halve(sub, _halvings(roi.size, out))
+    small, times = halve(sub, halvings(roi.size, out))
     scale = 0.5**times  # exact: each halving drops an odd last row or column, nothing else
     return small, scale * lin, scale * (shift - np.array([x0, y0]))
-
-
-def _halvings(extent: float, limit: float) -> int:
-    """How many times an image can be halved while ``extent`` (a length in it) stays at
-    least ``limit``."""
-    times = 0
-    while extent >= 2 * limit:
-        extent /= 2
-        times += 1
-    return times
-
-
-def _halve(image: np.ndarray, times: int) -> tuple[np.ndarray, int]:
-    """``image`` halved with INTER_AREA up to ``times`` times (fewer once a side is under 2
-    pixels), each time after dropping an odd last row or column, so continuous coordinates
-    scale by exactly 0.5 a time; returns it and how many times it was halved. OpenCV's area
-    resize by exactly 2 is its fastest path by far: a 12 MP frame takes 5 ms, where by 1.36
-    (a 2x oversampled face crop) or 1.56 it takes ten times as long a pixel."""
-    done = 0
-    while done < times and min(image.shape[:2]) >= 2:
-        h, w = image.shape[:2]
-        h, w = h - h % 2, w - w % 2
-        image = cv2.resize(image[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-        done += 1
-    return image, done
 
 
 def _anchors(kind: DetectorKind) -> tuple[int, np.ndarray]:
@@ -293,7 +269,7 @@ def _letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np
     h, w = image.shape[:2]
     scale = size / max(h, w)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    halved, times = _halve(image, _halvings(max(h, w), size))
+    halved, times = halve(image, halvings(max(h, w), size))
     resized = cv2.resize(halved, (nw, nh), interpolation=cv2.INTER_AREA)
     pad = np.array([(size - nw) // 2, (size - nh) // 2])
     canvas = np.zeros((size, size, 3), np.float32)
@@ -460,10 +436,10 @@ def _downscale(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     h, w = image.shape[:2]
     if max(h, w) <= max_side:
         return image, 1.0
-    # Halve while the copy stays at least twice too large (see ``_halve``), then shrink the
+    # Halve while the copy stays at least twice too large (see ``resample``), then shrink the
     # remaining factor, below 2, bilinearly. The halvings average areas, so the last step
     # samples an image already smoothed for it.
-    image, times = _halve(image, _halvings(max(h, w), max_side))
+    image, times = halve(image, halvings(max(h, w), max_side))
     factor = 2.0**times
     h, w = image.shape[:2]
     scale = max_side / max(h, w)

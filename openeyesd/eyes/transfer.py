@@ -26,6 +26,7 @@ import numpy as np
 
 from .blend import BlendMethod, blend, eye_region, match_colour
 from .quality import SEAM_THRESHOLD, seam_score
+from .resample import shrink
 from .types import Eye, Face, Side
 
 # Weights of the alignment fit. Corners barely move in a blink, the lower lid a little; the upper
@@ -332,9 +333,6 @@ def preview(
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"face box {face.box} lies outside the image")
     size = (max(1, round((x1 - x0) * height / (y1 - y0))), height)
-    crops = [
-        cv2.resize(img[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
-        for img in (before_rgb, after_rgb)
-    ]
+    crops = [shrink(img[y0:y1, x0:x1], size) for img in (before_rgb, after_rgb)]
     gap = np.full((height, 4, 3), 255, np.uint8)
     return np.hstack([crops[0], gap, crops[1]])
