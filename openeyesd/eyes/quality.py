@@ -69,7 +69,8 @@ class _Bands:
     inner: np.ndarray  # fully pasted pixels at the inner edge of the transition
     outer: np.ndarray  # untouched pixels just outside the region
     line: np.ndarray  # the transition itself, one pixel wider each side
-    angle_sector: np.ndarray  # sector index of every pixel, around the region's centroid
+    inner_sector: np.ndarray  # sector of each inner pixel (row-major), around the centroid
+    outer_sector: np.ndarray  # the same for each outer pixel
 
 
 def _bands(mask: np.ndarray, width: int) -> _Bands:
@@ -81,11 +82,17 @@ def _bands(mask: np.ndarray, width: int) -> _Bands:
     outer = (support == 0) & (dist_out <= width)
     line = (dist_out <= 1.5) & ~((core > 0) & (dist_core > 1.5))
     ys, xs = np.nonzero(support)
-    cy, cx = ys.mean(), xs.mean()
-    gy, gx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
-    angle = np.arctan2(gy - cy, gx - cx)
-    sector = ((angle + np.pi) / (2 * np.pi) * _SECTORS).astype(np.int32) % _SECTORS
-    return _Bands(inner=inner, outer=outer, line=line, angle_sector=sector)
+    centre = (ys.mean(), xs.mean())
+    return _Bands(inner=inner, outer=outer, line=line,
+                  inner_sector=_sectors(inner, centre), outer_sector=_sectors(outer, centre))
+
+
+def _sectors(band: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
+    """The angular sector, around ``centre`` (y, x), of each pixel of ``band``, row-major
+    (the order ``array[band]`` gives)."""
+    ys, xs = np.nonzero(band)
+    angle = np.arctan2(ys - centre[0], xs - centre[1])
+    return ((angle + np.pi) / (2 * np.pi) * _SECTORS).astype(np.int32) % _SECTORS
 
 
 def _lab(rgb: np.ndarray) -> np.ndarray:
@@ -94,13 +101,21 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
 
 def _sector_steps(lab: np.ndarray, bands: _Bands) -> np.ndarray:
     """ΔE between inner and outer band means, per sector; NaN where a sector is too thin."""
-    steps = np.full(_SECTORS, np.nan)
-    for s in range(_SECTORS):
-        in_s = bands.inner & (bands.angle_sector == s)
-        out_s = bands.outer & (bands.angle_sector == s)
-        if in_s.sum() >= _MIN_SECTOR_PIXELS and out_s.sum() >= _MIN_SECTOR_PIXELS:
-            steps[s] = np.linalg.norm(lab[in_s].mean(axis=0) - lab[out_s].mean(axis=0))
+    inner_count, inner_mean = _sector_means(lab[bands.inner], bands.inner_sector)
+    outer_count, outer_mean = _sector_means(lab[bands.outer], bands.outer_sector)
+    steps = np.linalg.norm(inner_mean - outer_mean, axis=1)
+    thin = (inner_count < _MIN_SECTOR_PIXELS) | (outer_count < _MIN_SECTOR_PIXELS)
+    steps[thin] = np.nan
     return steps
+
+
+def _sector_means(values: np.ndarray, sector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels per sector, and the mean of their Lab ``values`` (0 where a sector is empty):
+    one pass with bincount, not one mask per sector."""
+    count = np.bincount(sector, minlength=_SECTORS).astype(np.float64)
+    sums = np.stack([np.bincount(sector, values[:, c], minlength=_SECTORS) for c in range(3)],
+                    axis=1)
+    return count, sums / np.maximum(count, 1.0)[:, None]
 
 
 def _gradient(lab: np.ndarray) -> np.ndarray:
