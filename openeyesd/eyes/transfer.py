@@ -165,12 +165,12 @@ def _triangulate(points: np.ndarray, w: int, h: int) -> np.ndarray:
 
 def _keep_inside(src: np.ndarray, dst: np.ndarray, w: int, h: int) -> tuple[np.ndarray, ...]:
     """Control points inside the crop, dropping near-duplicates (Subdiv2D would merge them)."""
+    inside = (dst[:, 0] >= 0) & (dst[:, 0] <= w - 1) & (dst[:, 1] >= 0) & (dst[:, 1] <= h - 1)
+    apart = np.linalg.norm(dst[:, None, :] - dst[None, :, :], axis=2) >= 0.5
     keep: list[int] = []
-    for i, p in enumerate(dst):
-        if not (0 <= p[0] <= w - 1 and 0 <= p[1] <= h - 1):
-            continue
-        if all(np.linalg.norm(p - dst[j]) >= 0.5 for j in keep):
-            keep.append(i)
+    for i in np.flatnonzero(inside):
+        if apart[i, keep].all():
+            keep.append(int(i))
     return src[keep], dst[keep]
 
 
