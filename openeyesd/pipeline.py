@@ -63,7 +63,7 @@ def eye_region_store(config: Config) -> EyeRegionStore:
 def backends_in_use(config: Config) -> dict[str, str]:
     """For the workers table and ``openeyesctl status``: role -> backend."""
     backends = {"profile": str(config.pipeline.profile),
-                "landmarks": "mediapipe-facemesh+iris (opencv-dnn)",
+                "landmarks": "mediapipe-facemesh+landmarker-v2 (litert)",
                 "identity": "dlib-resnet-v1", "blend": str(config.eyes.blend)}
     if config.pipeline.profile is Profile.GPU:
         backends |= {"generation": config.generation.model,

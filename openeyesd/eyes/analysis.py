@@ -274,7 +274,7 @@ def build_toolkit(config: Config) -> EyeToolkit:
         mesh.warm_up()
         blink.warm_up()
     except (ModelMissing, NotTheDescriptorNetwork, ImportError, RuntimeError, OSError,
-            cv2.error) as exc:
+            ValueError, cv2.error) as exc:  # ValueError: LiteRT refusing a damaged .tflite
         raise BackendUnavailable(
             f"the CPU eye backends could not load: {exc}; run `openeyesctl doctor`"
         ) from exc

@@ -1,4 +1,4 @@
-"""Per-eye blink scores from MediaPipe's face-blendshapes model, run by OpenCV DNN.
+"""Per-eye blink scores from MediaPipe's face-blendshapes model, run by LiteRT (tflite.py).
 
 MediaPipe's FaceLandmarker v2 turns 146 of the 478 face-mesh + iris landmarks into 52
 ARKit-style coefficients in [0, 1]; ``eyeBlinkLeft`` / ``eyeBlinkRight`` say how shut each
@@ -23,11 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from openeyesd.eyes import assess
 from openeyesd.eyes.model_info import model, model_path, read_task_member
+from openeyesd.eyes.tflite import TFLiteNet
 from openeyesd.eyes.types import SIDES, EyeState, Face, Side
 
 #: The member of face_landmarker.task that holds the blendshapes network, and its SHA-256.
@@ -80,8 +80,8 @@ class BlinkModel:
             raise ValueError(f"expected MediaPipe's {_N_LANDMARKS} landmarks as (478, 2), got "
                              f"{pts.shape}; the blendshapes model needs the 10 iris points too")
         tensor = np.ascontiguousarray(pts[list(BLINK_LANDMARKS), :2][None])
-        self._net.setInput(tensor)
-        return np.asarray(self._net.forward(), np.float64).reshape(-1)
+        (coefficients,) = self._net.run(tensor[0])
+        return np.asarray(coefficients, np.float64).reshape(-1)
 
     def warm_up(self) -> None:
         """One pass on zeros, so the net's first-call set-up is not paid inside a job."""
@@ -98,11 +98,8 @@ class BlinkModel:
         return {side: named[_BLINK_NAME[side]] for side in SIDES}
 
 
-def _load_member(task_path: Path) -> cv2.dnn.Net:
-    data = read_task_member(task_path, MEMBER, MEMBER_SHA256, "face_blendshapes")
-    # One output, so either OpenCV engine will do (OpenCV 5.0's buffer overload ignores the
-    # ``engine`` argument and builds the new engine). Both match LiteRT to 2e-6.
-    return cv2.dnn.readNetFromTFLite(np.frombuffer(data, np.uint8))
+def _load_member(task_path: Path) -> TFLiteNet:
+    return TFLiteNet(read_task_member(task_path, MEMBER, MEMBER_SHA256, "face_blendshapes"))
 
 
 # --- used next to assess.classify ---------------------------------------------------------------

