@@ -33,7 +33,7 @@ ambiguous opening band): they are not used; bench/calibrate_assess.py shows how 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -333,15 +333,9 @@ def judge_wink(
     narrow in a smile; a wink differs in that one eye drops while the other does not, which
     only the two eyes together show. Needs both baselines; unknown eyes are never touched."""
     t = thresholds or DEFAULT_THRESHOLDS
-    base = baselines or {}
     out = dict(verdicts)
-    for side, other in _EYE_AND_OTHER:
-        own_base, other_base = base.get(side), base.get(other)
-        if (verdicts[side].state is not EyeState.OPEN
-                or verdicts[other].state is not EyeState.OPEN
-                or own_base is None or other_base is None
-                or min(own_base, other_base) < t.min_baseline):
-            continue
+    for side, other, own_base, other_base in _pairs_in_burst(verdicts, baselines, t,
+                                                             EyeState.OPEN):
         opening, other_opening = measurements[side].opening, measurements[other].opening
         limit = t.wink_ratio * min(own_base, other_opening)
         if _is_wink(opening, own_base, other_opening, t) and (
@@ -352,6 +346,21 @@ def judge_wink(
                 f"{own_base:.3f}, other eye {other_opening:.3f}), other eye at "
                 f"{other_opening / other_base:.2f} of its baseline")
     return out
+
+
+def _pairs_in_burst(
+    verdicts: dict[Side, EyeVerdict], baselines: dict[Side, float | None] | None,
+    t: Thresholds, state: EyeState,
+) -> Iterator[tuple[Side, Side, float, float]]:
+    """(eye, other eye, their burst baselines) for each eye in ``state`` whose other eye reads
+    open, where both baselines are usable (at least ``min_baseline``)."""
+    base = baselines or {}
+    for side, other in _EYE_AND_OTHER:
+        own_base, other_base = base.get(side), base.get(other)
+        if (verdicts[side].state is state and verdicts[other].state is EyeState.OPEN
+                and own_base is not None and other_base is not None
+                and min(own_base, other_base) >= t.min_baseline):
+            yield side, other, own_base, other_base
 
 
 def _is_wink(opening: float, own_base: float, other_opening: float, t: Thresholds) -> bool:
@@ -373,15 +382,9 @@ def judge_lone_drop(
     verdict without the burst (default: ``classify`` without a baseline); an eye that reads
     closed alone, by its lids or by eyeBlink, is never reopened."""
     t = thresholds or DEFAULT_THRESHOLDS
-    base = baselines or {}
     out = dict(verdicts)
-    for side, other in _EYE_AND_OTHER:
-        own_base, other_base = base.get(side), base.get(other)
-        if (verdicts[side].state is not EyeState.CLOSED
-                or verdicts[other].state is not EyeState.OPEN
-                or own_base is None or other_base is None
-                or min(own_base, other_base) < t.min_baseline):
-            continue
+    for side, other, own_base, other_base in _pairs_in_burst(verdicts, baselines, t,
+                                                             EyeState.CLOSED):
         by_itself = (alone or {}).get(side) or classify(measurements[side], thresholds=t)
         opening, other_opening = measurements[side].opening, measurements[other].opening
         held = other_opening / other_base
