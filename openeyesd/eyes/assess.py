@@ -110,8 +110,8 @@ class Thresholds:
     #: closed (``judge_small_face``). Eval faces with eyes >= 16 px shrunk until their eyes
     #: were 6.5-9.5 px, as is and as JPEG at quality 75 and 40 (bench/calibrate_small_eyes.py):
     #: 0 of 1,758 open fits read so, 96 of 1,141 closed ones (rerun after the landmark crops
-    #: changed: 0 of 1,759, 94 of 1,140). Under 7 px it found no closed
-    #: face, and an earlier run that re-fitted the known box found one open face at 6.6 px.
+    #: changed: 0 of 1,759, 94 of 1,140). Under 7 px it found no closed face, and an earlier
+    #: run that re-fitted the known box found one open face at 6.6 px.
     min_shut_eye_px: float = 7.0
 
 

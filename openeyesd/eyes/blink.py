@@ -79,8 +79,7 @@ class BlinkModel:
         if pts.ndim != 2 or pts.shape[0] != _N_LANDMARKS or pts.shape[1] < 2:
             raise ValueError(f"expected MediaPipe's {_N_LANDMARKS} landmarks as (478, 2), got "
                              f"{pts.shape}; the blendshapes model needs the 10 iris points too")
-        tensor = np.ascontiguousarray(pts[list(BLINK_LANDMARKS), :2][None])
-        (coefficients,) = self._net.run(tensor[0])
+        (coefficients,) = self._net.run(pts[list(BLINK_LANDMARKS), :2])
         return np.asarray(coefficients, np.float64).reshape(-1)
 
     def warm_up(self) -> None:
