@@ -11,19 +11,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
 
 #: Threads each network may use (see the module docstring).
 THREADS = 1
+
+
+def _new_interpreter(model: bytes) -> Any:
+    """A LiteRT interpreter for ``model``. Imported here, not with the module, so a missing
+    install is reported where the worker loads its models (and pauses), not as a crash when
+    the daemon imports its stages."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as exc:
+        raise ImportError(f"LiteRT is not installed ({exc}); install the package with its "
+                          "dependencies: pip install 'ai-edge-litert>=2.3,<3'") from exc
+    return Interpreter(model_content=model, num_threads=THREADS)
 
 
 class TFLiteNet:
     """One network, ready to run. Not thread-safe: each worker builds its own."""
 
     def __init__(self, model: bytes) -> None:
-        self._interpreter = Interpreter(model_content=model, num_threads=THREADS)
+        self._interpreter = _new_interpreter(model)
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         details = self._interpreter.get_output_details()

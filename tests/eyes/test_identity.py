@@ -133,7 +133,23 @@ def test_a_network_litert_refuses_pauses_instead_of_crashing(
     def refuse(*args, **kwargs):
         raise ValueError("Model provided has model identifier 'PK\x03\x04', should be 'TFL3'")
 
-    monkeypatch.setattr(tflite, "Interpreter", refuse)
+    monkeypatch.setattr(tflite, "_new_interpreter", refuse)
     config = parse_config(config_dict(tmp_path), base_dir=tmp_path)
     with pytest.raises(BackendUnavailable, match="TFL3"):
+        build_toolkit(config)
+
+
+def test_litert_missing_pauses_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import sys
+
+    from openeyesd.config import parse_config
+    from openeyesd.errors import BackendUnavailable
+    from openeyesd.eyes.analysis import build_toolkit
+    from tests.conftest import config_dict
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # as if not installed
+    config = parse_config(config_dict(tmp_path), base_dir=tmp_path)
+    with pytest.raises(BackendUnavailable, match="pip install 'ai-edge-litert"):
         build_toolkit(config)
