@@ -73,7 +73,8 @@ class Thresholds:
     #: 10-24 px eyes, as is and as JPEG q75/q40 (bench/calibrate_small_eyes.py), read 37 of
     #: 1,275 open fits closed at 0.12 / 0.32 (1,019 of 1,054 closed), 9 at 0.06 / 0.40 (955,
     #: with ``judge_small_face``): narrow-eyed smiles lose opening when blurred and compressed.
-    #: Rerun after the landmark crops changed (halvings): 11 of 1,276 (951 of 1,049).
+    #: Rerun after the landmark crops changed (halvings): 11 of 1,276 (951 of 1,049); with
+    #: LiteRT running the networks, 13 of 1,273 (956 of 1,047).
     small_eye_px: float = 24.0
     #: The limit for those eyes without a baseline (see docs/assess.md, "Small eyes").
     small_closed_opening: float = 0.06
@@ -109,9 +110,10 @@ class Thresholds:
     #: landmark net draws the lids of both eyes meeting or crossed (opening 0) the face is
     #: closed (``judge_small_face``). Eval faces with eyes >= 16 px shrunk until their eyes
     #: were 6.5-9.5 px, as is and as JPEG at quality 75 and 40 (bench/calibrate_small_eyes.py):
-    #: 0 of 1,758 open fits read so, 96 of 1,141 closed ones (rerun after the landmark crops
-    #: changed: 0 of 1,759, 94 of 1,140). Under 7 px it found no closed face, and an earlier
-    #: run that re-fitted the known box found one open face at 6.6 px.
+    #: 0 of 1,758 open fits read so, 96 of 1,141 closed ones (reruns after the landmark crops
+    #: changed: 0 of 1,759, 94 of 1,140; with LiteRT, 0 of 1,748, 86 of 1,140). Under 7 px it
+    #: found no closed face, and an earlier run that re-fitted the known box found one open
+    #: face at 6.6 px.
     min_shut_eye_px: float = 7.0
 
 
