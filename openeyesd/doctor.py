@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -242,6 +243,16 @@ def _module_present(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def check_litert(ctx: DoctorContext) -> list[Check]:
+    """LiteRT runs the CPU eye networks in every profile; without it the workers pause."""
+    if not _module_present("ai_edge_litert"):
+        return [Check("litert", Status.ERROR,
+                      "ai-edge-litert is not installed: the eye networks cannot run",
+                      "pip install 'ai-edge-litert>=2.3,<3' in the daemon's environment")]
+    version = importlib.metadata.version("ai-edge-litert")
+    return [Check("litert", Status.OK, f"ai-edge-litert {version} (runs the eye networks)")]
+
+
 def check_onnxruntime(ctx: DoctorContext) -> list[Check]:
     gpu = ctx.config.pipeline.profile is Profile.GPU
     if not _module_present("onnxruntime"):
@@ -352,6 +363,7 @@ CHECKS: list[CheckFunction] = [
     check_free_space,
     check_ledger,
     check_eye_models,
+    check_litert,
     check_onnxruntime,
     check_torch,
     check_gpu_models,

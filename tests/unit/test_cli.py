@@ -387,8 +387,8 @@ def test_doctor_passes_on_a_good_config(env: Env, capsys: pytest.CaptureFixture[
     code, report = env.run_json(capsys, "doctor")
     assert code == 0 and report["ok"] is True
     names = [check["name"] for check in report["checks"]]
-    for expected in ("config", "watch[0]", "output", "state", "ledger", "onnxruntime",
-                     "torch"):
+    for expected in ("config", "watch[0]", "output", "state", "ledger", "litert",
+                     "onnxruntime", "torch"):
         assert expected in names
     assert all(check["status"] != "error" for check in report["checks"])
     # The write test left nothing behind.
@@ -408,6 +408,20 @@ def test_doctor_reports_a_missing_watched_folder(
     assert check["status"] == "error" and "does not exist" in check["detail"]
     assert "mkdir" in check["fix"]
     assert not (env.root / "incoming").exists()
+
+
+def test_doctor_says_how_to_install_a_missing_litert(
+    env: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openeyesd import doctor
+
+    present = doctor._module_present
+    monkeypatch.setattr(doctor, "_module_present",
+                        lambda name: name != "ai_edge_litert" and present(name))
+    code, report = env.run_json(capsys, "doctor")
+    [check] = [check for check in report["checks"] if check["name"] == "litert"]
+    assert code == 1 and check["status"] == "error"
+    assert "pip install 'ai-edge-litert" in check["fix"]
 
 
 def test_doctor_never_writes_into_a_watched_folder(
