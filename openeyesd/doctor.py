@@ -245,10 +245,12 @@ def _module_present(name: str) -> bool:
 
 def check_litert(ctx: DoctorContext) -> list[Check]:
     """LiteRT runs the CPU eye networks in every profile; without it the workers pause."""
+    from openeyesd.eyes.tflite import INSTALL_COMMAND  # LiteRT itself is imported lazily
+
     if not _module_present("ai_edge_litert"):
         return [Check("litert", Status.ERROR,
                       "ai-edge-litert is not installed: the eye networks cannot run",
-                      "pip install 'ai-edge-litert>=2.3,<3' in the daemon's environment")]
+                      f"{INSTALL_COMMAND} in the daemon's environment")]
     version = importlib.metadata.version("ai-edge-litert")
     return [Check("litert", Status.OK, f"ai-edge-litert {version} (runs the eye networks)")]
 

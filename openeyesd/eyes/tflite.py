@@ -17,6 +17,8 @@ import numpy as np
 
 #: Threads each network may use (see the module docstring).
 THREADS = 1
+#: What an operator runs when LiteRT is missing (the range pyproject.toml declares).
+INSTALL_COMMAND = "pip install 'ai-edge-litert>=2.3,<3'"
 
 
 def _new_interpreter(model: bytes) -> Any:
@@ -27,7 +29,7 @@ def _new_interpreter(model: bytes) -> Any:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as exc:
         raise ImportError(f"LiteRT is not installed ({exc}); install the package with its "
-                          "dependencies: pip install 'ai-edge-litert>=2.3,<3'") from exc
+                          f"dependencies: {INSTALL_COMMAND}") from exc
     return Interpreter(model_content=model, num_threads=THREADS)
 
 

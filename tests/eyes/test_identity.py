@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -105,51 +107,42 @@ def test_distance_is_symmetric_and_zero_on_itself(identity: DlibIdentity,
                                                                                   reference))
 
 
-def test_a_missing_dlib_pauses_instead_of_crashing(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    import sys
-
+def _toolkit_pauses(tmp_path: Path, reason: str, break_it: Callable[[], None]) -> None:
+    """With ``break_it`` done after the toolkit's modules are imported, build_toolkit on a
+    default config raises BackendUnavailable (the worker pauses) whose message matches
+    ``reason``, rather than letting the error through."""
     from openeyesd.config import parse_config
     from openeyesd.errors import BackendUnavailable
     from openeyesd.eyes.analysis import build_toolkit
     from tests.conftest import config_dict
 
-    monkeypatch.setitem(sys.modules, "openeyesd.eyes.identity", None)  # as if dlib were absent
     config = parse_config(config_dict(tmp_path), base_dir=tmp_path)
-    with pytest.raises(BackendUnavailable, match="could not load"):
+    break_it()
+    with pytest.raises(BackendUnavailable, match=reason):
         build_toolkit(config)
+
+
+def test_a_missing_dlib_pauses_instead_of_crashing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _toolkit_pauses(tmp_path, "could not load", lambda: monkeypatch.setitem(
+        sys.modules, "openeyesd.eyes.identity", None))  # as if dlib were absent
 
 
 def test_a_network_litert_refuses_pauses_instead_of_crashing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from openeyesd.config import parse_config
-    from openeyesd.errors import BackendUnavailable
     from openeyesd.eyes import tflite
-    from openeyesd.eyes.analysis import build_toolkit
-    from tests.conftest import config_dict
 
     def refuse(*args, **kwargs):
         raise ValueError("Model provided has model identifier 'PK\x03\x04', should be 'TFL3'")
 
-    monkeypatch.setattr(tflite, "_new_interpreter", refuse)
-    config = parse_config(config_dict(tmp_path), base_dir=tmp_path)
-    with pytest.raises(BackendUnavailable, match="TFL3"):
-        build_toolkit(config)
+    _toolkit_pauses(tmp_path, "TFL3",
+                    lambda: monkeypatch.setattr(tflite, "_new_interpreter", refuse))
 
 
 def test_litert_missing_pauses_with_the_install_command(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import sys
-
-    from openeyesd.config import parse_config
-    from openeyesd.errors import BackendUnavailable
-    from openeyesd.eyes.analysis import build_toolkit
-    from tests.conftest import config_dict
-
-    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # as if not installed
-    config = parse_config(config_dict(tmp_path), base_dir=tmp_path)
-    with pytest.raises(BackendUnavailable, match="pip install 'ai-edge-litert"):
-        build_toolkit(config)
+    _toolkit_pauses(tmp_path, "pip install 'ai-edge-litert", lambda: monkeypatch.setitem(
+        sys.modules, "ai_edge_litert.interpreter", None))  # as if not installed
